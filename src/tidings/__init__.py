@@ -1,0 +1,49 @@
+"""tidings: soft real-time publish/subscribe between the parts of a server.
+
+Every subscription receives every matching message exactly once, in the
+order the hub received them::
+
+    import tidings
+
+    def show(message):
+        print(message.topic, message.data)
+
+    tidings.Channel("chat.rooms.*", show)
+    tidings.Channel("chat.rooms.lona").send({"text": "hello"})
+    tidings.default_hub().join()   # wait until it has been handled
+
+Topics are strings; ``*``, ``?`` and ``[...]`` are wildcards (those of
+``fnmatch.fnmatchcase``) on the subscribing and the sending side alike.
+"""
+
+from __future__ import annotations
+
+from ._channel import Channel
+from ._exceptions import ConfigurationError, HubClosedError, TidingsError
+from ._hub import SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, Hub, configure, default_hub
+from ._message import Message
+from ._scope import Scope
+from ._settings import Settings
+from ._workers import MessageBroker, Task, TaskWorker, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUBSCRIBE_TOPIC",
+    "UNSUBSCRIBE_TOPIC",
+    "Channel",
+    "ConfigurationError",
+    "Hub",
+    "HubClosedError",
+    "Message",
+    "MessageBroker",
+    "Scope",
+    "Settings",
+    "Task",
+    "TaskWorker",
+    "TidingsError",
+    "Worker",
+    "__version__",
+    "configure",
+    "default_hub",
+]

@@ -1,0 +1,535 @@
+"""The hub: queues, the subscription index, the worker threads, lifecycle.
+
+Life of a message (see docs/architecture.md for why each step keeps a
+guarantee):
+
+1. ``Channel.send`` copies the data, builds a :class:`Message` and appends it
+   to the hub's global queue (a ``deque``: one atomic append, never blocks).
+   Subscribing and unsubscribing append control items to the same queue, so
+   subscription changes and messages are seen in one order.
+2. A broker thread (``MessageBroker``) takes items in queue order while
+   holding the broker lock, routes each message through the
+   :class:`TopicIndex` and appends it to the mailbox of every matching
+   subscription, then puts subscriptions that became busy on the ready queue.
+3. A task-worker thread (``TaskWorker``) takes a subscription from the ready
+   queue, runs its handler on the mailbox's messages in order, and gives the
+   subscription back (to the end of the ready queue if more arrived).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import ConfigurationError, HubClosedError
+from ._message import Message, resolve_expiry
+from ._settings import Settings, import_class
+from ._subscription import JoinToken, Subscription
+from ._topics import TopicIndex
+
+if TYPE_CHECKING:
+    from ._workers import Worker
+
+__all__ = ["Hub", "configure", "default_hub"]
+
+logger = logging.getLogger("tidings")
+
+SUBSCRIBE_TOPIC = "tidings.channels.subscribe"
+UNSUBSCRIBE_TOPIC = "tidings.channels.unsubscribe"
+
+_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
+
+# Control items share the global queue with messages: (function, argument).
+Control = tuple[Callable[[Any], None], Any]
+
+_time = time.time
+_hub_numbers = itertools.count(1)
+_thread_state = threading.local()
+
+
+def current_worker() -> Worker | None:
+    """The tidings worker running on this thread, if any."""
+    worker: Worker | None = getattr(_thread_state, "worker", None)
+    return worker
+
+
+class Hub:
+    """The channels engine: queues, subscription index, broker and worker threads.
+
+    A hub accepts subscriptions and messages as soon as it exists; it
+    delivers once started. It is a context manager::
+
+        with Hub() as hub:
+            Channel("greetings", print, hub=hub)
+            Channel("greetings", hub=hub).send({"hello": "world"})
+            hub.join()              # wait until it has been handled
+
+    Most applications use the default hub (:func:`default_hub`), which
+    starts on first use and is stopped, drained, at interpreter exit. A
+    stopped hub cannot be started again.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, name: str | None = None) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise TypeError(f"settings must be a tidings.Settings, not {type(settings).__name__}")
+        self.settings = settings if settings is not None else Settings()
+        self.name = name if name is not None else f"hub-{next(_hub_numbers)}"
+        self._state = _NEW
+        self._state_lock = threading.Lock()
+        self._stopped_event = threading.Event()
+        self._workers: list[Worker] = []
+        self._threads: list[threading.Thread] = []
+        self._index: TopicIndex[Subscription] = TopicIndex()
+        self._reset_runtime()
+        _hubs.add(self)
+
+    def _reset_runtime(self) -> None:
+        """Queues, locks and counters: everything a forked child rebuilds."""
+        self._queue: deque[Message | Control] = deque()
+        self._ready: deque[Subscription] = deque()
+        self._ready_lock = threading.Lock()
+        self._ready_cond = threading.Condition(self._ready_lock)
+        self._idle_task_workers = 0
+        self._broker_lock = threading.Lock()
+        self._broker_wakeup = threading.Event()
+        self._broker_waiting = False
+        # next() on itertools.count is atomic: it numbers and counts sends.
+        self._seq = itertools.count(1)
+        self._token = secrets.token_hex(6)
+        self._retired: dict[str, int] = {}
+        self._shutdown_drops = 0
+        self._alive = True  # False tells worker threads to leave their loop
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the hub has been started and not yet stopped."""
+        return self._state in (_RUNNING, _STOPPING)
+
+    def start(self) -> Hub:
+        """Start the broker and task-worker threads. Idempotent while running."""
+        from ._workers import MessageBroker, TaskWorker, Worker
+
+        with self._state_lock:
+            if self._state in (_RUNNING, _STOPPING):
+                return self
+            if self._state == _STOPPED:
+                raise HubClosedError(self.name)
+            settings = self.settings
+            broker_class = import_class("CHANNEL_MESSAGE_BROKER_CLASS", settings.CHANNEL_MESSAGE_BROKER_CLASS)
+            worker_class = import_class("CHANNEL_TASK_WORKER_CLASS", settings.CHANNEL_TASK_WORKER_CLASS)
+            for setting, cls, base in (
+                ("CHANNEL_MESSAGE_BROKER_CLASS", broker_class, MessageBroker),
+                ("CHANNEL_TASK_WORKER_CLASS", worker_class, TaskWorker),
+            ):
+                if not issubclass(cls, Worker):
+                    raise ConfigurationError(setting, cls, f"must be a subclass of tidings.Worker ({base.__name__})")
+            self._alive = True
+            self._state = _RUNNING
+            self._spawn(broker_class, worker_class)
+        return self
+
+    def _spawn(self, broker_class: type[Worker], worker_class: type[Worker]) -> None:
+        settings = self.settings
+        plan = [(broker_class, "broker", settings.MAX_CHANNEL_MESSAGE_BROKER_THREADS)]
+        plan.append((worker_class, "worker", settings.MAX_CHANNEL_TASK_WORKER_THREADS))
+        workers: list[Worker] = []
+        for cls, role, count in plan:
+            for number in range(count):
+                worker = cls(self, f"tidings-{self.name}-{role}-{number}")
+                workers.append(worker)
+        threads = [threading.Thread(target=w._main, name=w.name, daemon=True) for w in workers]
+        self._workers = workers
+        self._threads = threads
+        for thread in threads:
+            thread.start()
+
+    def stop(self, timeout: float | None = None, drain: bool = True) -> bool:
+        """Stop the hub; with ``drain`` deliver what is queued first.
+
+        With ``drain=True`` (the default) every queued message that is not
+        expired and not droppable is delivered before the threads stop,
+        including messages that handlers send while draining; droppable
+        messages may be dropped. With ``drain=False`` the handler calls in
+        progress finish and everything still queued is dropped. What is
+        dropped is counted in :meth:`stats`.
+
+        Returns True when the hub drained and its threads ended within
+        ``timeout`` seconds (None: no limit). Afterwards ``send`` and
+        ``subscribe`` raise :class:`HubClosedError`. Cannot be called from a
+        handler.
+        """
+        if self._on_own_worker():
+            raise RuntimeError("Hub.stop() cannot be called from a handler of the same hub")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state_lock:
+            state = self._state
+            if state == _NEW:
+                self._state = _STOPPED
+                self._discard_everything()
+                self._stopped_event.set()
+                return True
+            if state in (_STOPPING, _STOPPED):
+                return self._stopped_event.wait(timeout)
+            self._state = _STOPPING
+        clean = True
+        if drain:
+            clean = self._drain(deadline)
+        self._alive = False
+        self._wake_all()
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            clean = clean and not thread.is_alive()
+        with self._broker_lock if clean else _nullcontext():
+            self._discard_everything()
+        self._state = _STOPPED
+        self._stopped_event.set()
+        return clean
+
+    def _on_own_worker(self) -> bool:
+        worker = current_worker()
+        return worker is not None and worker.hub is self
+
+    def _drain(self, deadline: float | None) -> bool:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._join(remaining):
+                return False
+            with self._broker_lock:
+                if not self._queue and not any(sub.scheduled for sub in self._index):
+                    return True
+
+    def _wake_all(self) -> None:
+        self._broker_wakeup.set()
+        with self._ready_cond:
+            self._ready_cond.notify_all()
+
+    def _discard_everything(self) -> None:
+        """Drop whatever is still queued at shutdown, counting each delivery."""
+        dropped = 0
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, Message):
+                subs = [s for s in self._index.route(item.topic) if s.active]
+                if subs:
+                    item._drop()
+                    dropped += len(subs)
+            else:
+                function, argument = item
+                function(argument)  # apply subscription changes, release joins
+        seen: set[int] = set()
+        for sub in [*self._index, *self._ready]:
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            mailbox = sub.mailbox
+            while mailbox:
+                item2 = mailbox.popleft()
+                if isinstance(item2, Message):
+                    item2._drop()
+                    dropped += 1
+                else:
+                    item2.done()
+            sub.scheduled = False
+        self._ready.clear()
+        self._shutdown_drops += dropped
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every message sent before this call has been handled.
+
+        "Handled" means delivered to every matching subscription or dropped
+        (expired, unsubscribed, or at shutdown). Returns False if ``timeout``
+        seconds passed first. Messages that handlers send meanwhile are not
+        waited for. Cannot be called from a handler of this hub (it would
+        wait for itself).
+        """
+        if self._state == _NEW:
+            raise RuntimeError(f"{self.name} has not been started; call start() first")
+        if self._on_own_worker():
+            raise RuntimeError("Hub.join() cannot be called from a handler of the same hub")
+        return self._join(timeout)
+
+    def _join(self, timeout: float | None) -> bool:
+        if self._state == _STOPPED:
+            return True
+        token = JoinToken()
+        self._queue.append((self._place_join_token, token))
+        self._wake_broker()
+        return token.wait(timeout)
+
+    # -- what the broker stage applies, in queue order -----------------------
+
+    def _place_join_token(self, token: JoinToken) -> None:
+        busy = [sub for sub in self._index if sub.scheduled]
+        token.add(len(busy))
+        for sub in busy:
+            sub.mailbox.append(token)
+        self._schedule(busy)
+        token.done()
+
+    def _add_subscription(self, sub: Subscription) -> None:
+        if sub.active:
+            self._index.add(sub.topic, sub)
+            sub.live = True
+
+    def _remove_subscription(self, sub: Subscription) -> None:
+        if sub.live:
+            sub.live = False
+            self._index.remove(sub.topic, sub)
+
+    def _schedule(self, subs: Iterable[Subscription]) -> None:
+        """Put subscriptions with new mail on the ready queue (once each)."""
+        ready = self._ready
+        with self._ready_cond:
+            added = 0
+            for sub in subs:
+                if not sub.scheduled:
+                    sub.scheduled = True
+                    ready.append(sub)
+                    added += 1
+            idle = self._idle_task_workers
+            if idle and added:
+                self._ready_cond.notify(min(idle, added))
+
+    # -- the sending side --------------------------------------------------
+
+    def _publish(
+        self,
+        topic: str,
+        data: dict[str, Any],
+        expiry: datetime | timedelta | None,
+        local: bool,
+        droppable: bool,
+    ) -> Message:
+        if self._state == _STOPPED:
+            raise HubClosedError(self.name)
+        if expiry is None:
+            message = Message(topic, data, next(self._seq), self._token, _time(), None, None, local, droppable)
+        else:
+            absolute, deadline = resolve_expiry(expiry)
+            message = Message(topic, data, next(self._seq), self._token, _time(), absolute, deadline, local, droppable)
+        self._queue.append(message)
+        if self._broker_waiting:
+            self._broker_wakeup.set()
+        return message
+
+    def _control(self, function: Callable[[Any], None], argument: object) -> None:
+        """Queue a subscription change behind the messages already sent."""
+        if self._state == _STOPPED:
+            with self._broker_lock:
+                function(argument)
+            return
+        self._queue.append((function, argument))
+        self._wake_broker()
+
+    def _wake_broker(self) -> None:
+        if self._broker_waiting:
+            self._broker_wakeup.set()
+
+    def _subscribe(self, sub: Subscription) -> None:
+        if self._state == _STOPPED:
+            raise HubClosedError(self.name)
+        self._control(self._add_subscription, sub)
+        self._publish(SUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        sub.active = False
+        self._control(self._remove_subscription, sub)
+        worker = current_worker()
+        if worker is None:
+            # Wait for a handler call in progress on another thread. From a
+            # handler we must not: two handlers unsubscribing each other
+            # would wait for each other forever.
+            with sub.call_lock:
+                pass
+        if self._state != _STOPPED:
+            self._publish(UNSUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
+
+    # -- introspection -----------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters since the hub was created (or, in a forked child, since the fork).
+
+        - ``sent``: messages accepted by ``send`` (internal ones included)
+        - ``delivered``: handler calls made
+        - ``dropped_expired``: deliveries skipped because the message expired
+        - ``dropped_shutdown``: deliveries dropped when the hub stopped
+        - ``dropped_unsubscribed``: deliveries skipped because the subscription ended first
+        - ``handler_errors``: handler calls that raised
+        - ``pending``: messages not yet routed plus deliveries not yet made
+        - ``subscriptions``: subscriptions in the index
+        """
+        counts = dict.fromkeys(("delivered", "dropped_expired", "dropped_unsubscribed", "handler_errors"), 0)
+        for source in (self._retired, *[w._counters for w in self._workers]):
+            for key, value in source.items():
+                if key in counts:
+                    counts[key] += value
+        counts["dropped_shutdown"] = self._shutdown_drops + sum(w._counters["dropped_shutdown"] for w in self._workers)
+        with self._broker_lock:
+            mailboxes = sum(len(sub.mailbox) for sub in self._index)
+            subscriptions = sum(1 for sub in self._index if sub.active)
+        sent = int(repr(self._seq)[6:-1]) - 1  # count(n) is the next number to hand out
+        return {
+            "sent": sent,
+            **counts,
+            "pending": len(self._queue) + mailboxes,
+            "subscriptions": subscriptions,
+        }
+
+    def topics(self) -> list[str]:
+        """The distinct topics that have subscriptions."""
+        with self._broker_lock:
+            return self._index.topics()
+
+    def __repr__(self) -> str:
+        return f"<Hub {self.name} {self._state}>"
+
+    # -- fork --------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        # Hold the locks across fork() so the child never copies the index
+        # or the ready queue half-changed; bounded, so fork() cannot hang.
+        self._fork_held = [lock for lock in (self._broker_lock, self._ready_lock) if lock.acquire(timeout=2.0)]
+
+    def _after_fork_in_parent(self) -> None:
+        for lock in getattr(self, "_fork_held", ()):
+            lock.release()
+        self._fork_held = []
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives. Keep the subscriptions (a
+        # pre-forking server subscribes at import time, in the parent);
+        # forget the parent's undelivered messages, or both processes would
+        # deliver them; rebuild locks and threads.
+        self._fork_held = []
+        self._reset_runtime()
+        self._state_lock = threading.Lock()
+        self._stopped_event = threading.Event()
+        for sub in self._index:
+            sub.mailbox.clear()
+            sub.scheduled = False
+            sub.call_lock = threading.Lock()
+        if self._state == _STOPPED:
+            self._stopped_event.set()
+        if self._state in (_RUNNING, _STOPPING):
+            self._state = _RUNNING
+            classes = [type(self._workers[0]), type(self._workers[-1])] if self._workers else []
+            self._workers = []
+            self._threads = []
+            if classes:
+                self._spawn(classes[0], classes[1])
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+# -- fork handling for every hub -----------------------------------------
+
+_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for hub in list(_hubs):
+        hub._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for hub in list(_hubs):
+        hub._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+    for hub in list(_hubs):
+        hub._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
+
+
+# -- the default hub -----------------------------------------------------
+
+_default: Hub | None = None
+_default_settings: Settings | None = None
+_default_lock = threading.Lock()
+_atexit_registered = False
+
+
+def default_hub() -> Hub:
+    """The process-wide hub that channels use when given no ``hub``.
+
+    Created and started on first use with the settings given to
+    :func:`configure` (or the environment's ``TIDINGS_*`` variables), and
+    stopped, drained, at interpreter exit (for at most
+    ``CHANNEL_SHUTDOWN_TIMEOUT`` seconds). After it has been stopped, the
+    next call creates a new one.
+    """
+    global _default, _atexit_registered
+    hub = _default
+    if hub is not None and hub._state != _STOPPED:
+        return hub
+    with _default_lock:
+        hub = _default
+        if hub is None or hub._state == _STOPPED:
+            hub = Hub(_default_settings, name="default")
+            hub.start()
+            _default = hub
+            if not _atexit_registered:
+                atexit.register(_stop_default_hub)
+                _atexit_registered = True
+        return hub
+
+
+def configure(**settings: Any) -> Settings:
+    """Set the default hub's settings; call before the default hub is used.
+
+    Takes the keyword arguments of :class:`Settings` and returns the
+    resulting ``Settings``. Raises RuntimeError when the default hub is
+    already running.
+    """
+    global _default_settings
+    new = Settings(**settings)
+    with _default_lock:
+        if _default is not None and _default._state != _STOPPED:
+            raise RuntimeError("the default hub is already running; call tidings.configure() before first use")
+        _default_settings = new
+    return new
+
+
+def _stop_default_hub() -> None:
+    hub = _default
+    if (
+        hub is not None
+        and hub._state in (_RUNNING, _STOPPING)
+        and not hub.stop(timeout=hub.settings.CHANNEL_SHUTDOWN_TIMEOUT)
+    ):
+        logger.warning("the default hub did not drain within CHANNEL_SHUTDOWN_TIMEOUT at exit")

@@ -1,0 +1,101 @@
+"""Scopes: a group of subscriptions that end together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._channel import Channel
+from ._hub import Hub, default_hub
+
+if TYPE_CHECKING:
+    from ._message import Message
+    from ._subscription import Handler
+
+__all__ = ["Scope"]
+
+logger = logging.getLogger("tidings")
+
+OnError = Callable[[BaseException, "Message", Channel], Any]
+
+
+class Scope:
+    """Subscriptions that belong to one owner (a view, a connection, a job).
+
+    ``close()``, or leaving the ``with`` block, unsubscribes all of them.
+    When a handler subscribed through the scope raises, ``on_error(exception,
+    message, channel)`` is called on the worker thread and that channel is
+    unsubscribed, which is what a Lona view does for its subscriptions.
+    Without ``on_error`` the exception is logged on the ``tidings`` logger.
+
+        with Scope(on_error=report) as scope:
+            scope.subscribe("chat.rooms.lona", show_message)
+            ...  # the subscription ends when the block is left
+
+    Thread-safe: channels may be subscribed and the scope closed from any
+    thread, handlers included.
+    """
+
+    def __init__(self, hub: Hub | None = None, on_error: OnError | None = None) -> None:
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
+        self._hub = hub if hub is not None else default_hub()
+        self._on_error = on_error
+        self._channels: dict[Channel, None] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def channels(self) -> list[Channel]:
+        """The channels currently subscribed through this scope."""
+        with self._lock:
+            return list(self._channels)
+
+    def subscribe(self, topic: str, handler: Handler) -> Channel:
+        """Subscribe ``handler`` to ``topic`` within this scope."""
+        channel = Channel(topic, hub=self._hub)
+
+        def failed(exc: BaseException, message: Message) -> None:
+            self._handler_failed(channel, exc, message)
+
+        channel._on_error = failed
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the scope is closed")
+            channel.subscribe(handler)
+            self._channels[channel] = None
+        return channel
+
+    def _handler_failed(self, channel: Channel, exc: BaseException, message: Message) -> None:
+        channel.unsubscribe()
+        with self._lock:
+            self._channels.pop(channel, None)
+        if self._on_error is None:
+            logger.error("handler of channel %r raised on %r; unsubscribed it", channel.topic, message, exc_info=exc)
+            return
+        self._on_error(exc, message, channel)
+
+    def close(self) -> None:
+        """Unsubscribe every channel of the scope. Idempotent."""
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels)
+            self._channels.clear()
+        for channel in channels:
+            channel.unsubscribe()
+
+    def __enter__(self) -> Scope:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._channels)} channels"
+        return f"<Scope {state}>"

@@ -1,0 +1,355 @@
+"""The two stages behind the hub: the message broker and the task worker.
+
+Both derive from :class:`Worker`, whose thread calls ``run()`` again and
+again while the hub runs. ``run()`` uses the helpers of the base class:
+
+- broker side: :meth:`Worker.get_message`, :meth:`Worker.get_channels`,
+  :meth:`Worker.schedule_task`;
+- worker side: :meth:`Worker.get_task`, :meth:`Worker.run_task`.
+
+An empty queue is a normal idle tick: ``get_message`` and ``get_task`` wait
+up to ``CHANNEL_WORKER_TIMEOUT`` seconds and then return None.
+
+A custom broker is a subclass named in ``CHANNEL_MESSAGE_BROKER_CLASS``::
+
+    class AuditingBroker(tidings.MessageBroker):
+        def run(self):
+            message = self.get_message()
+            if message is None:
+                return                      # idle tick
+            audit_log.append(message.topic)
+            for channel in self.get_channels(message):
+                self.schedule_task(channel, message)
+
+Broker threads take turns: the broker lock is taken by the first
+``get_message`` of a ``run()`` call and released when ``run()`` returns, so
+messages are routed in the order they were sent however many broker threads
+there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._hub import _STOPPING, _thread_state
+from ._message import Message
+from ._subscription import JoinToken, Subscription
+
+if TYPE_CHECKING:
+    from ._channel import Channel
+    from ._hub import Hub
+
+__all__ = ["MessageBroker", "Task", "TaskWorker", "Worker"]
+
+logger = logging.getLogger("tidings")
+
+_monotonic = time.monotonic
+
+# How many items one broker turn routes, and how many messages of one
+# subscription a worker handles before giving others a turn.
+BROKER_BATCH = 512
+TASK_BATCH = 64
+
+
+class Task:
+    """A turn of one subscription: messages to run on its handler, in order.
+
+    Every task that :meth:`Worker.get_task` returns must be passed to
+    :meth:`Worker.run_task` exactly once: until then its subscription is
+    held by this worker and gets no other turn.
+    """
+
+    __slots__ = ("_items", "_subscription")
+
+    def __init__(self, subscription: Subscription, items: list[Message | JoinToken]) -> None:
+        self._subscription = subscription
+        self._items = items
+
+    @property
+    def channel(self) -> Channel:
+        return self._subscription.channel
+
+    @property
+    def messages(self) -> list[Message]:
+        return [item for item in self._items if isinstance(item, Message)]
+
+    def __repr__(self) -> str:
+        return f"<Task {self._subscription.topic!r} messages={len(self.messages)}>"
+
+
+class Worker:
+    """Base class of the broker and task-worker stages.
+
+    The hub creates ``MAX_CHANNEL_*_THREADS`` instances of each class and
+    runs each on its own thread, calling :meth:`run` until the hub stops.
+    An exception escaping ``run()`` is logged and the loop goes on.
+    """
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub = hub
+        self.name = name
+        self.timeout: float = hub.settings.CHANNEL_WORKER_TIMEOUT
+        self._holds_broker_lock = False
+        # Only this worker's thread writes these; Hub.stats() adds them up.
+        self._counters: dict[str, int] = dict.fromkeys(
+            ("delivered", "dropped_expired", "dropped_unsubscribed", "dropped_shutdown", "handler_errors"), 0
+        )
+
+    def run(self) -> None:
+        """One turn of the stage; called again and again while the hub runs."""
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        """False once the hub has told its threads to stop."""
+        return self.hub._alive
+
+    def _main(self) -> None:
+        _thread_state.worker = self
+        hub = self.hub
+        while hub._alive:
+            try:
+                self.run()
+            except Exception:
+                logger.exception("%s: run() raised; continuing", self.name)
+            finally:
+                if self._holds_broker_lock:
+                    self._holds_broker_lock = False
+                    hub._broker_lock.release()
+
+    # -- broker side -------------------------------------------------------
+
+    def _wait_for_items(self) -> bool:
+        """Wait up to ``timeout`` for the global queue to have an item."""
+        hub = self.hub
+        queue = hub._queue
+        if queue:
+            return True
+        wakeup = hub._broker_wakeup
+        wakeup.clear()
+        hub._broker_waiting = True
+        try:
+            if queue or not hub._alive:
+                return bool(queue)
+            wakeup.wait(self.timeout)
+        finally:
+            hub._broker_waiting = False
+        return bool(queue)
+
+    def _take_broker_lock(self) -> None:
+        if not self._holds_broker_lock:
+            self.hub._broker_lock.acquire()
+            self._holds_broker_lock = True
+
+    def get_message(self) -> Message | None:
+        """The next message from the global queue, or None after an idle wait.
+
+        Subscription changes queued between messages are applied here, in
+        order. The first call in a ``run()`` takes the broker lock, which is
+        released when ``run()`` returns.
+        """
+        if not self._wait_for_items():
+            return None
+        self._take_broker_lock()
+        hub = self.hub
+        queue = hub._queue
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, Message):
+                if hub._state == _STOPPING and item.droppable:
+                    self._drop_at_shutdown(item)
+                    continue
+                return item
+            function, argument = item
+            function(argument)
+        return None
+
+    def get_channels(self, message: Message) -> list[Channel]:
+        """The channels subscribed to topics that ``message`` reaches."""
+        return [sub.channel for sub in self.hub._index.route(message.topic) if sub.active]
+
+    def schedule_task(self, channel: Channel, message: Message) -> None:
+        """Queue ``message`` for ``channel``'s handler, behind its earlier ones."""
+        sub = channel._subscription
+        if sub is None or not sub.live or not sub.active:
+            return
+        sub.mailbox.append(message)
+        self.hub._schedule((sub,))
+
+    def _drop_at_shutdown(self, message: Message) -> None:
+        count = sum(1 for sub in self.hub._index.route(message.topic) if sub.active)
+        if count:
+            message._drop()
+            self._counters["dropped_shutdown"] += count
+
+    # -- worker side -------------------------------------------------------
+
+    def get_task(self) -> Task | None:
+        """The next subscription with messages to run, or None after an idle wait."""
+        hub = self.hub
+        ready = hub._ready
+        try:
+            sub = ready.popleft()
+        except IndexError:
+            with hub._ready_cond:
+                if not ready and hub._alive:
+                    hub._idle_task_workers += 1
+                    try:
+                        hub._ready_cond.wait(self.timeout)
+                    finally:
+                        hub._idle_task_workers -= 1
+                try:
+                    sub = ready.popleft()
+                except IndexError:
+                    return None
+        mailbox = sub.mailbox
+        items: list[Message | JoinToken] = []
+        append = items.append
+        popleft = mailbox.popleft
+        for _ in range(TASK_BATCH):
+            try:
+                append(popleft())
+            except IndexError:
+                break
+        return Task(sub, items)
+
+    def run_task(self, task: Task) -> None:
+        """Run the task's messages on its handler, in order, then release it.
+
+        Expired messages are dropped, and nothing runs once the subscription
+        has ended. A handler that raises is logged on the ``tidings`` logger
+        (or reported to its scope) and counted; the next message still runs.
+        """
+        sub = task._subscription
+        counters = self._counters
+        hub = self.hub
+        handler = sub.handler
+        items = task._items
+        position = 0
+        try:
+            with sub.call_lock:
+                for item in items:
+                    position += 1
+                    if not isinstance(item, Message):
+                        item.done()
+                        continue
+                    if not sub.active:
+                        counters["dropped_unsubscribed"] += 1
+                        continue
+                    if not hub._alive or (item.droppable and hub._state == _STOPPING):
+                        item._drop()
+                        counters["dropped_shutdown"] += 1
+                        continue
+                    deadline = item._deadline
+                    if deadline is not None and _monotonic() >= deadline:
+                        item._drop()
+                        counters["dropped_expired"] += 1
+                        continue
+                    message = item._copy()
+                    try:
+                        handler(message)
+                    except Exception as exc:
+                        counters["handler_errors"] += 1
+                        _report(sub, message, exc)
+                    counters["delivered"] += 1
+        finally:
+            # If something escaped mid-task, what was not reached is dropped
+            # rather than left holding join() callers.
+            for item in items[position:]:
+                if isinstance(item, Message):
+                    counters["dropped_shutdown"] += 1
+                else:
+                    item.done()
+            self._release(sub)
+
+    def _release(self, sub: Subscription) -> None:
+        hub = self.hub
+        mailbox = sub.mailbox
+        while True:
+            with hub._ready_cond:
+                if not mailbox:
+                    sub.scheduled = False
+                    return
+                if sub.active:
+                    hub._ready.append(sub)
+                    if hub._idle_task_workers:
+                        hub._ready_cond.notify()
+                    return
+            # Ended while messages were waiting: account for them here.
+            counters = self._counters
+            while mailbox:
+                try:
+                    item = mailbox.popleft()
+                except IndexError:
+                    break
+                if isinstance(item, Message):
+                    counters["dropped_unsubscribed"] += 1
+                else:
+                    item.done()
+
+
+def _report(sub: Subscription, message: Message, exc: Exception) -> None:
+    on_error = sub.on_error
+    if on_error is None:
+        logger.error("handler %r of channel %r raised on %r", sub.handler, sub.topic, message, exc_info=exc)
+        return
+    try:
+        on_error(exc, message)
+    except Exception:
+        logger.exception("the error handler of channel %r raised", sub.topic)
+
+
+class MessageBroker(Worker):
+    """The default broker: routes each message to every matching subscription.
+
+    Takes runs of up to 512 queued items at a time and puts a subscription on
+    the ready queue once per run, however many messages it got.
+    """
+
+    def run(self) -> None:
+        if not self._wait_for_items():
+            return
+        self._take_broker_lock()
+        hub = self.hub
+        queue = hub._queue
+        route = hub._index.route
+        touched: dict[Subscription, None] = {}
+        stopping = hub._state == _STOPPING
+        for _ in range(BROKER_BATCH):
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, Message):
+                if stopping and item.droppable:
+                    self._drop_at_shutdown(item)
+                    continue
+                for sub in route(item.topic):
+                    if sub.active:
+                        sub.mailbox.append(item)
+                        touched[sub] = None
+            else:
+                # A subscription change or a join token: everything routed
+                # so far must be visible (scheduled) before it applies.
+                if touched:
+                    hub._schedule(touched)
+                    touched.clear()
+                function, argument = item
+                function(argument)
+        if touched:
+            hub._schedule(touched)
+
+
+class TaskWorker(Worker):
+    """The default task worker: runs subscriptions' handlers, one turn at a time."""
+
+    def run(self) -> None:
+        task = self.get_task()
+        if task is not None:
+            self.run_task(task)
+
+
+ErrorCallback = Callable[[BaseException, Message], Any]
