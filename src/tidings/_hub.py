@@ -109,6 +109,7 @@ class Hub:
         self._retired: dict[str, int] = {}
         self._shutdown_drops = 0
         self._alive = True  # False tells worker threads to leave their loop
+        self._normal = True  # running, not stopping: the workers' fast path
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -136,6 +137,7 @@ class Hub:
                 if not issubclass(cls, Worker):
                     raise ConfigurationError(setting, cls, f"must be a subclass of tidings.Worker ({base.__name__})")
             self._alive = True
+            self._normal = True
             self._state = _RUNNING
             self._spawn(broker_class, worker_class)
         return self
@@ -183,17 +185,19 @@ class Hub:
             if state in (_STOPPING, _STOPPED):
                 return self._stopped_event.wait(timeout)
             self._state = _STOPPING
+            self._normal = False
         clean = True
         if drain:
             clean = self._drain(deadline)
         self._alive = False
+        self._normal = False
         self._wake_all()
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             clean = clean and not thread.is_alive()
+        self._state = _STOPPED
         with self._broker_lock if clean else _nullcontext():
             self._discard_everything()
-        self._state = _STOPPED
         self._stopped_event.set()
         return clean
 
@@ -319,16 +323,25 @@ class Hub:
         local: bool,
         droppable: bool,
     ) -> Message:
-        if self._state == _STOPPED:
-            raise HubClosedError(self.name)
         if expiry is None:
-            message = Message(topic, data, next(self._seq), self._token, _time(), None, None, local, droppable)
+            message = Message(topic, data, None, (next(self._seq), self._token, _time(), None, local, droppable))
         else:
             absolute, deadline = resolve_expiry(expiry)
-            message = Message(topic, data, next(self._seq), self._token, _time(), absolute, deadline, local, droppable)
-        self._queue.append(message)
+            meta = (next(self._seq), self._token, _time(), absolute, local, droppable)
+            message = Message(topic, data, deadline, meta)
+        queue = self._queue
+        queue.append(message)
         if self._broker_waiting:
             self._broker_wakeup.set()
+        if self._state == _STOPPED:
+            # Checked after the append: stop() sets _STOPPED before it drops
+            # what is left, so a message is either dropped (and counted)
+            # there or taken back here; it is never left behind unseen.
+            try:
+                queue.remove(message)
+            except ValueError:
+                pass
+            raise HubClosedError(self.name)
         return message
 
     def _control(self, function: Callable[[Any], None], argument: object) -> None:

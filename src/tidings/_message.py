@@ -34,62 +34,68 @@ def resolve_expiry(expiry: datetime | timedelta) -> tuple[datetime, float]:
 class Message:
     """One message, as a handler receives it.
 
-    ``topic`` is the topic the message was sent on (which may be a wildcard),
-    ``data`` a ``dict`` of its own: every handler call gets a fresh shallow
-    copy, so a handler may change ``data`` at the top level without another
-    subscriber seeing it. ``expiry`` is an aware UTC ``datetime`` or None,
-    ``time`` the wall-clock time of sending (seconds since the epoch), ``id``
-    a string unique across processes.
+    - ``topic``: the topic it was sent on (which may be a wildcard);
+    - ``data``: a ``dict`` of its own. Every handler call gets a fresh
+      shallow copy, so a handler may change ``data`` at the top level
+      without another subscriber seeing it;
+    - ``expiry``: an aware UTC ``datetime``, or None;
+    - ``local``, ``droppable``: the flags given to ``send``;
+    - ``time``: when it was sent (seconds since the epoch);
+    - ``id``: a string unique across processes.
 
     Messages are created by ``Channel.send``; do not instantiate them.
     """
 
-    __slots__ = (
-        "_deadline",
-        "_dropped",
-        "_hub_id",
-        "_origin",
-        "_seq",
-        "data",
-        "droppable",
-        "expiry",
-        "local",
-        "time",
-        "topic",
-    )
+    # The message send() returns (the origin) holds everything; the copy a
+    # handler receives holds topic, data and a reference to its origin, so
+    # that making it costs three stores. ``_meta`` is
+    # (sequence number, hub token, time, expiry, local, droppable).
+    __slots__ = ("_deadline", "_dropped", "_meta", "_origin", "data", "topic")
+
+    _dropped: bool  # set only when dropped (unset reads as False)
 
     def __init__(
         self,
         topic: str,
         data: dict[str, Any],
-        seq: int,
-        hub_id: str,
-        sent: float,
-        expiry: datetime | None,
         deadline: float | None,
-        local: bool,
-        droppable: bool,
+        meta: tuple[int, str, float, datetime | None, bool, bool],
     ) -> None:
         self.topic = topic
         self.data = data
-        self._seq = seq
-        self._hub_id = hub_id
-        self.time = sent
-        self.expiry = expiry
         self._deadline = deadline
-        self.local = local
-        self.droppable = droppable
+        self._meta = meta
         self._origin: Message | None = None
-        self._dropped = False
 
     @property
     def id(self) -> str:
         """A string unique to this message across processes and hubs."""
-        return f"{self._hub_id}-{self._seq}"
+        meta = (self._origin or self)._meta
+        return f"{meta[1]}-{meta[0]}"
+
+    @property
+    def time(self) -> float:
+        """When the message was sent, in seconds since the epoch."""
+        return (self._origin or self)._meta[2]
+
+    @property
+    def expiry(self) -> datetime | None:
+        """When the message expires (an aware UTC datetime), or None."""
+        return (self._origin or self)._meta[3]
+
+    @property
+    def local(self) -> bool:
+        """Whether the message stays in this process (with a network broker)."""
+        return (self._origin or self)._meta[4]
+
+    @property
+    def droppable(self) -> bool:
+        """Whether the hub may drop the message instead of delivering it while stopping."""
+        return (self._origin or self)._meta[5]
 
     def is_expired(self) -> bool:
         """Whether the message's expiry has passed (on the monotonic clock)."""
-        deadline = self._deadline
+        deadline = (self._origin or self)._deadline
         return deadline is not None and _monotonic() >= deadline
 
     def is_dropped(self) -> bool:
@@ -99,27 +105,22 @@ class Message:
         was droppable and the hub stopped. The copies handed to handlers
         share this flag with the message ``send`` returned.
         """
-        origin = self._origin
-        return (origin or self)._dropped
+        return getattr(self._origin or self, "_dropped", False)
 
     def _drop(self) -> None:
         (self._origin or self)._dropped = True
 
-    def _copy(self) -> Message:
-        """The copy one handler call receives: its own ``data`` dict."""
-        copy = Message(
-            self.topic,
-            self.data.copy(),
-            self._seq,
-            self._hub_id,
-            self.time,
-            self.expiry,
-            self._deadline,
-            self.local,
-            self.droppable,
-        )
-        copy._origin = self._origin or self
-        return copy
-
     def __repr__(self) -> str:
         return f"<Message {self.id} topic={self.topic!r} data={self.data!r}>"
+
+
+_new_message = object.__new__
+
+
+def delivery_copy(origin: Message) -> Message:
+    """The copy one handler call receives: its own ``data`` dict."""
+    copy: Message = _new_message(Message)
+    copy.topic = origin.topic
+    copy.data = origin.data.copy()
+    copy._origin = origin
+    return copy

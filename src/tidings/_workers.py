@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._hub import _STOPPING, _thread_state
-from ._message import Message
+from ._message import Message, _new_message
 from ._subscription import JoinToken, Subscription
 
 if TYPE_CHECKING:
@@ -224,11 +224,10 @@ class Worker:
         (or reported to its scope) and counted; the next message still runs.
         """
         sub = task._subscription
-        counters = self._counters
         hub = self.hub
         handler = sub.handler
         items = task._items
-        position = 0
+        position = delivered = 0
         try:
             with sub.call_lock:
                 for item in items:
@@ -236,26 +235,29 @@ class Worker:
                     if not isinstance(item, Message):
                         item.done()
                         continue
-                    if not sub.active:
-                        counters["dropped_unsubscribed"] += 1
-                        continue
-                    if not hub._alive or (item.droppable and hub._state == _STOPPING):
-                        item._drop()
-                        counters["dropped_shutdown"] += 1
+                    # One check on the common path; _may_deliver sorts out
+                    # the rest (ended subscription, stopping hub).
+                    if not (sub.active and hub._normal) and not self._may_deliver(item, sub):
                         continue
                     deadline = item._deadline
                     if deadline is not None and _monotonic() >= deadline:
                         item._drop()
-                        counters["dropped_expired"] += 1
+                        self._counters["dropped_expired"] += 1
                         continue
-                    message = item._copy()
+                    # Inlined delivery_copy(): this is the hottest loop.
+                    message = _new_message(Message)
+                    message.topic = item.topic
+                    message.data = item.data.copy()
+                    message._origin = item
                     try:
                         handler(message)
-                    except Exception as exc:
-                        counters["handler_errors"] += 1
+                    except BaseException as exc:  # a handler must not end a worker thread
+                        self._counters["handler_errors"] += 1
                         _report(sub, message, exc)
-                    counters["delivered"] += 1
+                    delivered += 1
         finally:
+            counters = self._counters
+            counters["delivered"] += delivered
             # If something escaped mid-task, what was not reached is dropped
             # rather than left holding join() callers.
             for item in items[position:]:
@@ -264,6 +266,18 @@ class Worker:
                 else:
                     item.done()
             self._release(sub)
+
+    def _may_deliver(self, message: Message, sub: Subscription) -> bool:
+        """The uncommon cases of run_task: count and drop, or let through."""
+        hub = self.hub
+        if not sub.active:
+            self._counters["dropped_unsubscribed"] += 1
+            return False
+        if not hub._alive or (hub._state == _STOPPING and message.droppable):
+            message._drop()
+            self._counters["dropped_shutdown"] += 1
+            return False
+        return True
 
     def _release(self, sub: Subscription) -> None:
         hub = self.hub
@@ -274,8 +288,11 @@ class Worker:
                     sub.scheduled = False
                     return
                 if sub.active:
-                    hub._ready.append(sub)
-                    if hub._idle_task_workers:
+                    ready = hub._ready
+                    ready.append(sub)
+                    # This worker takes the next turn itself; wake another
+                    # only when there is more than that one turn waiting.
+                    if len(ready) > 1 and hub._idle_task_workers:
                         hub._ready_cond.notify()
                     return
             # Ended while messages were waiting: account for them here.
@@ -291,7 +308,7 @@ class Worker:
                     item.done()
 
 
-def _report(sub: Subscription, message: Message, exc: Exception) -> None:
+def _report(sub: Subscription, message: Message, exc: BaseException) -> None:
     on_error = sub.on_error
     if on_error is None:
         logger.error("handler %r of channel %r raised on %r", sub.handler, sub.topic, message, exc_info=exc)
