@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._fork import ForkSafeLock
 from ._hub import Hub, default_hub
 from ._subscription import Handler, Subscription
 from ._topics import check_topic
@@ -18,7 +18,7 @@ __all__ = ["Channel"]
 
 # Guards the subscribed/unsubscribed transition of every channel. One lock
 # for all keeps a channel small (100,000 of them are ordinary).
-_transition = threading.Lock()
+_transition = ForkSafeLock()
 
 
 class Channel:
@@ -92,14 +92,16 @@ class Channel:
             self._hub._subscribe(sub)
             self._subscription = sub
 
-    def unsubscribe(self) -> None:
+    def unsubscribe(self, *, wait: bool = True) -> None:
         """End the subscription; a no-op when not subscribed.
 
-        Once this returns, no new call of the handler starts. Called from
-        outside any handler, it also waits for a call in progress to
-        finish; called from a handler (its own or another's), it does not
-        wait, since two handlers unsubscribing each other would otherwise
-        wait forever.
+        No handler call starts after this returns. Called from outside any
+        handler with ``wait=True`` (the default), it also waits for a call
+        in progress to finish, so that the handler is known to be idle
+        afterwards; do not hold a lock the handler may need while calling
+        it. Called from a handler it never waits (that could deadlock): a
+        call that another worker has already begun, or has just decided to
+        make, may still run.
         """
         with _transition:
             sub = self._subscription
@@ -107,7 +109,7 @@ class Channel:
                 return
             self._subscription = None
             sub.active = False
-        self._hub._unsubscribe(sub)
+        self._hub._unsubscribe(sub, wait)
 
     def send(
         self,

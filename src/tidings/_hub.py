@@ -57,6 +57,17 @@ _hub_numbers = itertools.count(1)
 _thread_state = threading.local()
 
 
+def _check_timeout(timeout: float | None) -> float | None:
+    """Validate a timeout argument; clamp it to what threading can wait."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
+    return min(float(timeout), threading.TIMEOUT_MAX)
+
+
 def current_worker() -> Worker | None:
     """The tidings worker running on this thread, if any."""
     worker: Worker | None = getattr(_thread_state, "worker", None)
@@ -83,6 +94,8 @@ class Hub:
         if settings is not None and not isinstance(settings, Settings):
             raise TypeError(f"settings must be a tidings.Settings, not {type(settings).__name__}")
         self.settings = settings if settings is not None else Settings()
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
         self.name = name if name is not None else f"hub-{next(_hub_numbers)}"
         self._state = _NEW
         self._state_lock = threading.Lock()
@@ -100,7 +113,8 @@ class Hub:
         self._ready_lock = threading.Lock()
         self._ready_cond = threading.Condition(self._ready_lock)
         self._idle_task_workers = 0
-        self._broker_lock = threading.Lock()
+        # Re-entrant: a custom broker may call stats() or topics() mid-run().
+        self._broker_lock = threading.RLock()
         self._broker_wakeup = threading.Event()
         self._broker_waiting = False
         # next() on itertools.count is atomic: it numbers and counts sends.
@@ -136,25 +150,37 @@ class Hub:
             ):
                 if not issubclass(cls, Worker):
                     raise ConfigurationError(setting, cls, f"must be a subclass of tidings.Worker ({base.__name__})")
+            workers = self._make_workers(broker_class, worker_class)
             self._alive = True
             self._normal = True
             self._state = _RUNNING
-            self._spawn(broker_class, worker_class)
+            try:
+                self._start_threads(workers)
+            except BaseException:
+                # Leave no half-started hub behind: it would accept sends
+                # and never deliver them.
+                self._alive = False
+                self._wake_all()
+                for thread in self._threads:
+                    if thread.ident is not None:
+                        thread.join()
+                self._workers, self._threads = [], []
+                self._state = _NEW
+                raise
         return self
 
-    def _spawn(self, broker_class: type[Worker], worker_class: type[Worker]) -> None:
+    def _make_workers(self, broker_class: type[Worker], worker_class: type[Worker]) -> list[Worker]:
         settings = self.settings
         plan = [(broker_class, "broker", settings.MAX_CHANNEL_MESSAGE_BROKER_THREADS)]
         plan.append((worker_class, "worker", settings.MAX_CHANNEL_TASK_WORKER_THREADS))
-        workers: list[Worker] = []
-        for cls, role, count in plan:
-            for number in range(count):
-                worker = cls(self, f"tidings-{self.name}-{role}-{number}")
-                workers.append(worker)
-        threads = [threading.Thread(target=w._main, name=w.name, daemon=True) for w in workers]
+        return [
+            cls(self, f"tidings-{self.name}-{role}-{number}") for cls, role, count in plan for number in range(count)
+        ]
+
+    def _start_threads(self, workers: list[Worker]) -> None:
         self._workers = workers
-        self._threads = threads
-        for thread in threads:
+        self._threads = [threading.Thread(target=w._main, name=w.name, daemon=True) for w in workers]
+        for thread in self._threads:
             thread.start()
 
     def stop(self, timeout: float | None = None, drain: bool = True) -> bool:
@@ -174,6 +200,7 @@ class Hub:
         """
         if self._on_own_worker():
             raise RuntimeError("Hub.stop() cannot be called from a handler of the same hub")
+        timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._state_lock:
             state = self._state
@@ -182,24 +209,40 @@ class Hub:
                 self._discard_everything()
                 self._stopped_event.set()
                 return True
-            if state in (_STOPPING, _STOPPED):
+            if state == _STOPPING:
                 return self._stopped_event.wait(timeout)
+            if state == _STOPPED:
+                # An earlier stop() gave up on a thread: wait for it again.
+                return self._finish_stop(deadline)
             self._state = _STOPPING
             self._normal = False
-        clean = True
-        if drain:
-            clean = self._drain(deadline)
-        self._alive = False
-        self._normal = False
-        self._wake_all()
+        drained = False
+        try:
+            drained = self._drain(deadline) if drain else True
+        finally:
+            # Also when the drain is interrupted (Ctrl-C): the hub must not
+            # stay "stopping" with nobody to finish the stop.
+            self._alive = False
+            self._normal = False
+            self._wake_all()
+            self._state = _STOPPED
+            if not drained:
+                deadline = time.monotonic() if deadline is None else deadline
+        return self._finish_stop(deadline) and drained
+
+    def _finish_stop(self, deadline: float | None) -> bool:
+        """Wait for the threads, drop what is left; True if all threads ended."""
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            clean = clean and not thread.is_alive()
-        self._state = _STOPPED
-        with self._broker_lock if clean else _nullcontext():
+        ended = not any(thread.is_alive() for thread in self._threads)
+        # With a thread still running (a handler that would not return) the
+        # broker lock may never come free: drop without it, and again once
+        # a later stop() sees the thread end.
+        with self._broker_lock if ended else _nullcontext():
             self._discard_everything()
-        self._stopped_event.set()
-        return clean
+        if ended:
+            self._stopped_event.set()
+        return ended
 
     def _on_own_worker(self) -> bool:
         worker = current_worker()
@@ -265,6 +308,7 @@ class Hub:
         waited for. Cannot be called from a handler of this hub (it would
         wait for itself).
         """
+        timeout = _check_timeout(timeout)
         if self._state == _NEW:
             raise RuntimeError(f"{self.name} has not been started; call start() first")
         if self._on_own_worker():
@@ -275,8 +319,18 @@ class Hub:
         if self._state == _STOPPED:
             return True
         token = JoinToken()
-        self._queue.append((self._place_join_token, token))
+        item = (self._place_join_token, token)
+        self._queue.append(item)
         self._wake_broker()
+        if self._state == _STOPPED:
+            # Checked after the append, as in _publish: stop() either took
+            # the token (and released it) or it is taken back here.
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                pass
+            else:
+                return True
         return token.wait(timeout)
 
     # -- what the broker stage applies, in queue order -----------------------
@@ -335,12 +389,12 @@ class Hub:
             self._broker_wakeup.set()
         if self._state == _STOPPED:
             # Checked after the append: stop() sets _STOPPED before it drops
-            # what is left, so a message is either dropped (and counted)
-            # there or taken back here; it is never left behind unseen.
+            # what is left, so the message was either dropped and counted
+            # there (return it, is_dropped() tells) or is taken back here.
             try:
                 queue.remove(message)
             except ValueError:
-                pass
+                return message
             raise HubClosedError(self.name)
         return message
 
@@ -363,18 +417,21 @@ class Hub:
         self._control(self._add_subscription, sub)
         self._publish(SUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
 
-    def _unsubscribe(self, sub: Subscription) -> None:
+    def _unsubscribe(self, sub: Subscription, wait: bool) -> None:
         sub.active = False
         self._control(self._remove_subscription, sub)
-        worker = current_worker()
-        if worker is None:
-            # Wait for a handler call in progress on another thread. From a
-            # handler we must not: two handlers unsubscribing each other
-            # would wait for each other forever.
+        if wait and current_worker() is None:
+            # Wait for a call in progress. Never from a handler: it could
+            # hold something that call is waiting for (another
+            # unsubscribe(), a lock of the application) and both would
+            # wait forever.
             with sub.call_lock:
                 pass
         if self._state != _STOPPED:
-            self._publish(UNSUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
+            try:
+                self._publish(UNSUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
+            except HubClosedError:
+                pass  # the hub stopped meanwhile; nobody is left to tell
 
     # -- introspection -----------------------------------------------------
 
@@ -396,6 +453,7 @@ class Hub:
                 if key in counts:
                     counts[key] += value
         counts["dropped_shutdown"] = self._shutdown_drops + sum(w._counters["dropped_shutdown"] for w in self._workers)
+        in_hand = sum(max(0, len(w._task_items) - w._position) for w in self._workers)
         with self._broker_lock:
             mailboxes = sum(len(sub.mailbox) for sub in self._index)
             subscriptions = sum(1 for sub in self._index if sub.active)
@@ -403,7 +461,7 @@ class Hub:
         return {
             "sent": sent,
             **counts,
-            "pending": len(self._queue) + mailboxes,
+            "pending": len(self._queue) + mailboxes + in_hand,
             "subscriptions": subscriptions,
         }
 
@@ -433,13 +491,28 @@ class Hub:
         # forget the parent's undelivered messages, or both processes would
         # deliver them; rebuild locks and threads.
         self._fork_held = []
+        # Subscription changes still queued were made before the fork and
+        # belong to both processes: apply them here, in order.
+        changes = (self._add_subscription, self._remove_subscription)
+        queued = [item for item in self._queue if not isinstance(item, Message) and item[0] in changes]
         self._reset_runtime()
+        for function, argument in queued:
+            function(argument)
         self._state_lock = threading.Lock()
         self._stopped_event = threading.Event()
+        me = threading.get_ident()
         for sub in self._index:
             sub.mailbox.clear()
+            if sub.running_on == me:
+                # fork() from inside this handler: the call goes on in the
+                # child, and will release the subscription when it returns.
+                continue
             sub.scheduled = False
             sub.call_lock = threading.Lock()
+            sub.running_on = None
+        worker = current_worker()
+        if worker is not None and worker.hub is self:
+            worker._retired = True  # this thread leaves its loop after the call
         if self._state == _STOPPED:
             self._stopped_event.set()
         if self._state in (_RUNNING, _STOPPING):
@@ -448,7 +521,7 @@ class Hub:
             self._workers = []
             self._threads = []
             if classes:
-                self._spawn(classes[0], classes[1])
+                self._start_threads(self._make_workers(classes[0], classes[1]))
 
 
 class _nullcontext:
@@ -495,6 +568,7 @@ _default: Hub | None = None
 _default_settings: Settings | None = None
 _default_lock = threading.Lock()
 _atexit_registered = False
+_exiting = False
 
 
 def default_hub() -> Hub:
@@ -508,10 +582,14 @@ def default_hub() -> Hub:
     """
     global _default, _atexit_registered
     hub = _default
-    if hub is not None and hub._state != _STOPPED:
+    if hub is not None and (hub._state != _STOPPED or _exiting):
         return hub
     with _default_lock:
         hub = _default
+        if hub is not None and _exiting:
+            # Stopped at interpreter exit: nothing would drain a new hub,
+            # so sends must fail loudly (HubClosedError) rather than vanish.
+            return hub
         if hub is None or hub._state == _STOPPED:
             hub = Hub(_default_settings, name="default")
             hub.start()
@@ -539,6 +617,8 @@ def configure(**settings: Any) -> Settings:
 
 
 def _stop_default_hub() -> None:
+    global _exiting
+    _exiting = True
     hub = _default
     if (
         hub is not None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._channel import Channel
+from ._fork import ForkSafeLock
 from ._hub import Hub, default_hub
 
 if TYPE_CHECKING:
@@ -19,6 +19,10 @@ __all__ = ["Scope"]
 logger = logging.getLogger("tidings")
 
 OnError = Callable[[BaseException, "Message", Channel], Any]
+
+# One lock for every scope's channel list: a per-scope lock held by another
+# thread at fork() would stay held in the child.
+_scopes_lock = ForkSafeLock()
 
 
 class Scope:
@@ -39,12 +43,13 @@ class Scope:
     """
 
     def __init__(self, hub: Hub | None = None, on_error: OnError | None = None) -> None:
+        if hub is not None and not isinstance(hub, Hub):
+            raise TypeError(f"hub must be a tidings.Hub, not {type(hub).__name__}")
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
         self._hub = hub if hub is not None else default_hub()
         self._on_error = on_error
         self._channels: dict[Channel, None] = {}
-        self._lock = threading.Lock()
         self._closed = False
 
     @property
@@ -54,7 +59,7 @@ class Scope:
     @property
     def channels(self) -> list[Channel]:
         """The channels currently subscribed through this scope."""
-        with self._lock:
+        with _scopes_lock:
             return list(self._channels)
 
     def subscribe(self, topic: str, handler: Handler) -> Channel:
@@ -65,7 +70,7 @@ class Scope:
             self._handler_failed(channel, exc, message)
 
         channel._on_error = failed
-        with self._lock:
+        with _scopes_lock:
             if self._closed:
                 raise RuntimeError("the scope is closed")
             channel.subscribe(handler)
@@ -74,7 +79,7 @@ class Scope:
 
     def _handler_failed(self, channel: Channel, exc: BaseException, message: Message) -> None:
         channel.unsubscribe()
-        with self._lock:
+        with _scopes_lock:
             self._channels.pop(channel, None)
         if self._on_error is None:
             logger.error("handler of channel %r raised on %r; unsubscribed it", channel.topic, message, exc_info=exc)
@@ -83,7 +88,7 @@ class Scope:
 
     def close(self) -> None:
         """Unsubscribe every channel of the scope. Idempotent."""
-        with self._lock:
+        with _scopes_lock:
             self._closed = True
             channels = list(self._channels)
             self._channels.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from ._exceptions import ConfigurationError
 __all__ = ["Settings", "import_class"]
 
 _ENV_PREFIX = "TIDINGS_"
+_MAX_THREADS = 1024
 
 
 def _parse_int(name: str, value: object, *, from_env: bool) -> int:
@@ -31,8 +33,8 @@ def _parse_int(name: str, value: object, *, from_env: bool) -> int:
             raise ConfigurationError(label, value, "expected a whole number") from None
     if type(value) is not int:
         raise ConfigurationError(label, value, "expected an int")
-    if value < 1:
-        raise ConfigurationError(label, value, "must be at least 1")
+    if not 1 <= value <= _MAX_THREADS:
+        raise ConfigurationError(label, value, f"must be from 1 to {_MAX_THREADS}")
     return value
 
 
@@ -45,8 +47,8 @@ def _parse_seconds(name: str, value: object, *, from_env: bool) -> float:
             raise ConfigurationError(label, value, "expected a number of seconds") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(label, value, "expected a number of seconds")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(label, value, "must be a positive, finite number of seconds")
+    if not math.isfinite(value) or value < 0.001 or value > threading.TIMEOUT_MAX:
+        raise ConfigurationError(label, value, f"must be a number of seconds from 0.001 to {threading.TIMEOUT_MAX:.0f}")
     return float(value)
 
 

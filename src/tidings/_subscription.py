@@ -35,7 +35,9 @@ class Subscription:
     - ``live``: set by the broker stage when the subscription enters the
       index; messages routed before that are not for it.
     - ``call_lock``: held by the worker while it runs the handler, so that
-      ``unsubscribe()`` from outside a handler can wait for a call in progress.
+      ``unsubscribe()`` from outside a handler can wait for a call in
+      progress; ``running_on`` is the ident of that worker's thread (None
+      when idle).
     """
 
     __slots__ = (
@@ -46,6 +48,7 @@ class Subscription:
         "live",
         "mailbox",
         "on_error",
+        "running_on",
         "scheduled",
         "topic",
     )
@@ -66,6 +69,7 @@ class Subscription:
         self.active = True
         self.live = False
         self.call_lock = threading.Lock()
+        self.running_on: int | None = None
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"

@@ -30,6 +30,7 @@ there are.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,14 @@ __all__ = ["MessageBroker", "Task", "TaskWorker", "Worker"]
 logger = logging.getLogger("tidings")
 
 _monotonic = time.monotonic
+_get_ident = threading.get_ident
 
 # How many items one broker turn routes, and how many messages of one
 # subscription a worker handles before giving others a turn.
 BROKER_BATCH = 512
 TASK_BATCH = 64
+
+_NO_ITEMS: list[Message | JoinToken] = []
 
 
 class Task:
@@ -93,6 +97,10 @@ class Worker:
         self.name = name
         self.timeout: float = hub.settings.CHANNEL_WORKER_TIMEOUT
         self._holds_broker_lock = False
+        self._took_message = False  # get_message() returned a message in this run()
+        self._retired = False  # set in a child forked from a handler on this thread
+        self._task_items: list[Message | JoinToken] = _NO_ITEMS
+        self._position = 0
         # Only this worker's thread writes these; Hub.stats() adds them up.
         self._counters: dict[str, int] = dict.fromkeys(
             ("delivered", "dropped_expired", "dropped_unsubscribed", "dropped_shutdown", "handler_errors"), 0
@@ -110,10 +118,11 @@ class Worker:
     def _main(self) -> None:
         _thread_state.worker = self
         hub = self.hub
-        while hub._alive:
+        while hub._alive and not self._retired:
             try:
+                self._took_message = False
                 self.run()
-            except Exception:
+            except BaseException:  # nothing ends a worker thread but the hub stopping
                 logger.exception("%s: run() raised; continuing", self.name)
             finally:
                 if self._holds_broker_lock:
@@ -162,7 +171,14 @@ class Worker:
                 if hub._state == _STOPPING and item.droppable:
                     self._drop_at_shutdown(item)
                     continue
+                self._took_message = True
                 return item
+            if self._took_message:
+                # A subscription change or join token must not overtake
+                # messages this run() took but may not have routed yet: it
+                # waits for the next run().
+                queue.appendleft(item)
+                return None
             function, argument = item
             function(argument)
         return None
@@ -175,6 +191,9 @@ class Worker:
         """Queue ``message`` for ``channel``'s handler, behind its earlier ones."""
         sub = channel._subscription
         if sub is None or not sub.live or not sub.active:
+            # Unsubscribed since get_channels() (perhaps subscribed again:
+            # that newer subscription did not exist when this was sent).
+            self._counters["dropped_unsubscribed"] += 1
             return
         sub.mailbox.append(message)
         self.hub._schedule((sub,))
@@ -214,6 +233,8 @@ class Worker:
                 append(popleft())
             except IndexError:
                 break
+        self._position = 0
+        self._task_items = items  # taken, not yet made: Hub.stats()["pending"]
         return Task(sub, items)
 
     def run_task(self, task: Task) -> None:
@@ -228,11 +249,18 @@ class Worker:
         handler = sub.handler
         items = task._items
         position = delivered = 0
+        sub.running_on = _get_ident()
+        self._position = 0
+        self._task_items = items
         try:
             with sub.call_lock:
                 for item in items:
                     position += 1
+                    self._position = position  # for Hub.stats()["pending"]
                     if not isinstance(item, Message):
+                        # A join token: what join() waits for is counted first.
+                        self._counters["delivered"] += delivered
+                        delivered = 0
                         item.done()
                         continue
                     # One check on the common path; _may_deliver sorts out
@@ -256,6 +284,8 @@ class Worker:
                         _report(sub, message, exc)
                     delivered += 1
         finally:
+            sub.running_on = None
+            self._task_items = _NO_ITEMS
             counters = self._counters
             counters["delivered"] += delivered
             # If something escaped mid-task, what was not reached is dropped
@@ -315,7 +345,7 @@ def _report(sub: Subscription, message: Message, exc: BaseException) -> None:
         return
     try:
         on_error(exc, message)
-    except Exception:
+    except BaseException:  # the error handler must not end a worker thread either
         logger.exception("the error handler of channel %r raised", sub.topic)
 
 
@@ -335,6 +365,8 @@ class MessageBroker(Worker):
         route = hub._index.route
         touched: dict[Subscription, None] = {}
         stopping = hub._state == _STOPPING
+        last_topic: str | None = None
+        subs: tuple[Subscription, ...] = ()
         for _ in range(BROKER_BATCH):
             try:
                 item = queue.popleft()
@@ -344,11 +376,19 @@ class MessageBroker(Worker):
                 if stopping and item.droppable:
                     self._drop_at_shutdown(item)
                     continue
-                for sub in route(item.topic):
+                topic = item.topic
+                if topic is not last_topic:
+                    # Runs of messages on one topic are common: route once.
+                    last_topic = topic
+                    subs = route(topic)
+                for sub in subs:
                     if sub.active:
                         sub.mailbox.append(item)
                         touched[sub] = None
+                    else:
+                        self._counters["dropped_unsubscribed"] += 1
             else:
+                last_topic = None
                 # A subscription change or a join token: everything routed
                 # so far must be visible (scheduled) before it applies.
                 if touched:
