@@ -91,6 +91,7 @@ class Channel:
             sub = Subscription(self, self._topic, handler, self._on_error)
             self._hub._subscribe(sub)
             self._subscription = sub
+            self._hub._subscription_count += 1
 
     def unsubscribe(self, *, wait: bool = True) -> None:
         """End the subscription; a no-op when not subscribed.
@@ -109,6 +110,7 @@ class Channel:
                 return
             self._subscription = None
             sub.active = False
+            self._hub._subscription_count -= 1
         self._hub._unsubscribe(sub, wait)
 
     def send(

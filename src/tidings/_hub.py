@@ -22,7 +22,6 @@ import atexit
 import itertools
 import logging
 import os
-import secrets
 import threading
 import time
 import weakref
@@ -103,6 +102,7 @@ class Hub:
         self._workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
         self._index: TopicIndex[Subscription] = TopicIndex()
+        self._subscription_count = 0  # changed under the channels' transition lock
         self._reset_runtime()
         _hubs.add(self)
 
@@ -112,6 +112,9 @@ class Hub:
         self._ready: deque[Subscription] = deque()
         self._ready_lock = threading.Lock()
         self._ready_cond = threading.Condition(self._ready_lock)
+        # Subscriptions with scheduled=True (queued or being run); guarded
+        # by the ready lock. join(), stop() and stats() look only at these.
+        self._busy: set[Subscription] = set()
         self._idle_task_workers = 0
         # Re-entrant: a custom broker may call stats() or topics() mid-run().
         self._broker_lock = threading.RLock()
@@ -119,7 +122,7 @@ class Hub:
         self._broker_waiting = False
         # next() on itertools.count is atomic: it numbers and counts sends.
         self._seq = itertools.count(1)
-        self._token = secrets.token_hex(6)
+        self._token = os.urandom(6).hex()
         self._retired: dict[str, int] = {}
         self._shutdown_drops = 0
         self._alive = True  # False tells worker threads to leave their loop
@@ -254,7 +257,7 @@ class Hub:
             if not self._join(remaining):
                 return False
             with self._broker_lock:
-                if not self._queue and not any(sub.scheduled for sub in self._index):
+                if not self._queue and not self._busy:
                     return True
 
     def _wake_all(self) -> None:
@@ -276,11 +279,7 @@ class Hub:
             else:
                 function, argument = item
                 function(argument)  # apply subscription changes, release joins
-        seen: set[int] = set()
-        for sub in [*self._index, *self._ready]:
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
+        for sub in {*self._busy, *self._ready}:
             mailbox = sub.mailbox
             while mailbox:
                 item2 = mailbox.popleft()
@@ -291,6 +290,7 @@ class Hub:
                     item2.done()
             sub.scheduled = False
         self._ready.clear()
+        self._busy.clear()
         self._shutdown_drops += dropped
 
     def __enter__(self) -> Hub:
@@ -336,10 +336,14 @@ class Hub:
     # -- what the broker stage applies, in queue order -----------------------
 
     def _place_join_token(self, token: JoinToken) -> None:
-        busy = [sub for sub in self._index if sub.scheduled]
+        with self._ready_lock:
+            busy = [sub for sub in self._busy if sub.live]
         token.add(len(busy))
         for sub in busy:
-            sub.mailbox.append(token)
+            mailbox = sub.mailbox
+            if mailbox is None:
+                mailbox = sub.mailbox = deque()
+            mailbox.append(token)
         self._schedule(busy)
         token.done()
 
@@ -356,11 +360,13 @@ class Hub:
     def _schedule(self, subs: Iterable[Subscription]) -> None:
         """Put subscriptions with new mail on the ready queue (once each)."""
         ready = self._ready
+        busy = self._busy
         with self._ready_cond:
             added = 0
             for sub in subs:
                 if not sub.scheduled:
                     sub.scheduled = True
+                    busy.add(sub)
                     ready.append(sub)
                     added += 1
             idle = self._idle_task_workers
@@ -386,6 +392,9 @@ class Hub:
         queue = self._queue
         queue.append(message)
         if self._broker_waiting:
+            # Once: the broker cannot run while this thread holds the GIL,
+            # and a burst of set() calls would cost more than the sends.
+            self._broker_waiting = False
             self._broker_wakeup.set()
         if self._state == _STOPPED:
             # Checked after the append: stop() sets _STOPPED before it drops
@@ -409,6 +418,7 @@ class Hub:
 
     def _wake_broker(self) -> None:
         if self._broker_waiting:
+            self._broker_waiting = False
             self._broker_wakeup.set()
 
     def _subscribe(self, sub: Subscription) -> None:
@@ -420,13 +430,13 @@ class Hub:
     def _unsubscribe(self, sub: Subscription, wait: bool) -> None:
         sub.active = False
         self._control(self._remove_subscription, sub)
-        if wait and current_worker() is None:
+        worker = sub.running_on
+        if wait and worker is not None and current_worker() is None:
             # Wait for a call in progress. Never from a handler: it could
             # hold something that call is waiting for (another
             # unsubscribe(), a lock of the application) and both would
             # wait forever.
-            with sub.call_lock:
-                pass
+            worker._wait_until_done(sub)
         if self._state != _STOPPED:
             try:
                 self._publish(UNSUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
@@ -455,8 +465,10 @@ class Hub:
         counts["dropped_shutdown"] = self._shutdown_drops + sum(w._counters["dropped_shutdown"] for w in self._workers)
         in_hand = sum(max(0, len(w._task_items) - w._position) for w in self._workers)
         with self._broker_lock:
-            mailboxes = sum(len(sub.mailbox) for sub in self._index)
-            subscriptions = sum(1 for sub in self._index if sub.active)
+            with self._ready_lock:
+                busy = list(self._busy)
+            mailboxes = sum(len(sub.mailbox or ()) for sub in busy)
+            subscriptions = self._subscription_count
         sent = int(repr(self._seq)[6:-1]) - 1  # count(n) is the next number to hand out
         return {
             "sent": sent,
@@ -500,19 +512,20 @@ class Hub:
             function(argument)
         self._state_lock = threading.Lock()
         self._stopped_event = threading.Event()
-        me = threading.get_ident()
+        worker = current_worker()
         for sub in self._index:
-            sub.mailbox.clear()
-            if sub.running_on == me:
+            if sub.mailbox is not None:
+                sub.mailbox.clear()
+            if worker is not None and sub.running_on is worker:
                 # fork() from inside this handler: the call goes on in the
                 # child, and will release the subscription when it returns.
+                self._busy.add(sub)
                 continue
             sub.scheduled = False
-            sub.call_lock = threading.Lock()
             sub.running_on = None
-        worker = current_worker()
         if worker is not None and worker.hub is self:
             worker._retired = True  # this thread leaves its loop after the call
+            worker._reset_after_fork()
         if self._state == _STOPPED:
             self._stopped_event.set()
         if self._state in (_RUNNING, _STOPPING):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._channel import Channel
     from ._message import Message
+    from ._workers import Worker
 
 __all__ = ["ErrorHandler", "Handler", "JoinToken", "Subscription"]
 
@@ -26,7 +27,9 @@ class Subscription:
     """Delivery state of one subscription.
 
     - ``mailbox``: messages routed to it and not yet handled, in hub order.
-      The broker stage appends, the one worker running it pops.
+      The broker stage appends, the one worker running it pops. Created
+      with the first message: many subscriptions never get one, and an
+      empty deque costs 760 bytes.
     - ``scheduled``: True while it is in the hub's ready queue or held by a
       worker; guarded by the hub's ready lock. This flag is what keeps one
       subscription's handler on one thread at a time.
@@ -34,15 +37,13 @@ class Subscription:
       it is False.
     - ``live``: set by the broker stage when the subscription enters the
       index; messages routed before that are not for it.
-    - ``call_lock``: held by the worker while it runs the handler, so that
+    - ``running_on``: the worker running it, None when idle, so that
       ``unsubscribe()`` from outside a handler can wait for a call in
-      progress; ``running_on`` is the ident of that worker's thread (None
-      when idle).
+      progress.
     """
 
     __slots__ = (
         "active",
-        "call_lock",
         "channel",
         "handler",
         "live",
@@ -64,12 +65,11 @@ class Subscription:
         self.topic = topic
         self.handler = handler
         self.on_error = on_error
-        self.mailbox: deque[Message | JoinToken] = deque()
+        self.mailbox: deque[Message | JoinToken] | None = None
         self.scheduled = False
         self.active = True
         self.live = False
-        self.call_lock = threading.Lock()
-        self.running_on: int | None = None
+        self.running_on: Worker | None = None
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"

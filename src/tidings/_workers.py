@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,6 @@ __all__ = ["MessageBroker", "Task", "TaskWorker", "Worker"]
 logger = logging.getLogger("tidings")
 
 _monotonic = time.monotonic
-_get_ident = threading.get_ident
 
 # How many items one broker turn routes, and how many messages of one
 # subscription a worker handles before giving others a turn.
@@ -98,6 +98,9 @@ class Worker:
         self.timeout: float = hub.settings.CHANNEL_WORKER_TIMEOUT
         self._holds_broker_lock = False
         self._took_message = False  # get_message() returned a message in this run()
+        # unsubscribe() from outside a handler waits here for a call in progress.
+        self._done = threading.Condition(threading.Lock())
+        self._waiters = 0
         self._retired = False  # set in a child forked from a handler on this thread
         self._task_items: list[Message | JoinToken] = _NO_ITEMS
         self._position = 0
@@ -195,7 +198,10 @@ class Worker:
             # that newer subscription did not exist when this was sent).
             self._counters["dropped_unsubscribed"] += 1
             return
-        sub.mailbox.append(message)
+        mailbox = sub.mailbox
+        if mailbox is None:
+            mailbox = sub.mailbox = deque()
+        mailbox.append(message)
         self.hub._schedule((sub,))
 
     def _drop_at_shutdown(self, message: Message) -> None:
@@ -225,14 +231,10 @@ class Worker:
                 except IndexError:
                     return None
         mailbox = sub.mailbox
-        items: list[Message | JoinToken] = []
-        append = items.append
+        assert mailbox is not None  # scheduled only with mail
+        # Only the broker adds to the mailbox meanwhile: len() can only grow.
         popleft = mailbox.popleft
-        for _ in range(TASK_BATCH):
-            try:
-                append(popleft())
-            except IndexError:
-                break
+        items = [popleft() for _ in range(min(len(mailbox), TASK_BATCH))]
         self._position = 0
         self._task_items = items  # taken, not yet made: Hub.stats()["pending"]
         return Task(sub, items)
@@ -249,42 +251,44 @@ class Worker:
         handler = sub.handler
         items = task._items
         position = delivered = 0
-        sub.running_on = _get_ident()
+        sub.running_on = self
         self._position = 0
         self._task_items = items
         try:
-            with sub.call_lock:
-                for item in items:
-                    position += 1
-                    self._position = position  # for Hub.stats()["pending"]
-                    if not isinstance(item, Message):
-                        # A join token: what join() waits for is counted first.
-                        self._counters["delivered"] += delivered
-                        delivered = 0
-                        item.done()
-                        continue
-                    # One check on the common path; _may_deliver sorts out
-                    # the rest (ended subscription, stopping hub).
-                    if not (sub.active and hub._normal) and not self._may_deliver(item, sub):
-                        continue
-                    deadline = item._deadline
-                    if deadline is not None and _monotonic() >= deadline:
-                        item._drop()
-                        self._counters["dropped_expired"] += 1
-                        continue
-                    # Inlined delivery_copy(): this is the hottest loop.
-                    message = _new_message(Message)
-                    message.topic = item.topic
-                    message.data = item.data.copy()
-                    message._origin = item
-                    try:
-                        handler(message)
-                    except BaseException as exc:  # a handler must not end a worker thread
-                        self._counters["handler_errors"] += 1
-                        _report(sub, message, exc)
-                    delivered += 1
+            for item in items:
+                position += 1
+                self._position = position  # for Hub.stats()["pending"]
+                if not isinstance(item, Message):
+                    # A join token: what join() waits for is counted first.
+                    self._counters["delivered"] += delivered
+                    delivered = 0
+                    item.done()
+                    continue
+                # One check on the common path; _may_deliver sorts out
+                # the rest (ended subscription, stopping hub).
+                if not (sub.active and hub._normal) and not self._may_deliver(item, sub):
+                    continue
+                deadline = item._deadline
+                if deadline is not None and _monotonic() >= deadline:
+                    item._drop()
+                    self._counters["dropped_expired"] += 1
+                    continue
+                # Inlined delivery_copy(): this is the hottest loop.
+                message = _new_message(Message)
+                message.topic = item.topic
+                message.data = item.data.copy()
+                message._origin = item
+                try:
+                    handler(message)
+                except BaseException as exc:  # a handler must not end a worker thread
+                    self._counters["handler_errors"] += 1
+                    _report(sub, message, exc)
+                delivered += 1
         finally:
             sub.running_on = None
+            if self._waiters:
+                with self._done:
+                    self._done.notify_all()
             self._task_items = _NO_ITEMS
             counters = self._counters
             counters["delivered"] += delivered
@@ -309,6 +313,20 @@ class Worker:
             return False
         return True
 
+    def _wait_until_done(self, sub: Subscription) -> None:
+        """Wait until this worker is no longer running ``sub`` (for unsubscribe)."""
+        with self._done:
+            self._waiters += 1
+            try:
+                while sub.running_on is self:
+                    self._done.wait()
+            finally:
+                self._waiters -= 1
+
+    def _reset_after_fork(self) -> None:
+        self._done = threading.Condition(threading.Lock())
+        self._waiters = 0
+
     def _release(self, sub: Subscription) -> None:
         hub = self.hub
         mailbox = sub.mailbox
@@ -316,6 +334,7 @@ class Worker:
             with hub._ready_cond:
                 if not mailbox:
                     sub.scheduled = False
+                    hub._busy.discard(sub)
                     return
                 if sub.active:
                     ready = hub._ready
@@ -383,7 +402,10 @@ class MessageBroker(Worker):
                     subs = route(topic)
                 for sub in subs:
                     if sub.active:
-                        sub.mailbox.append(item)
+                        mailbox = sub.mailbox
+                        if mailbox is None:
+                            mailbox = sub.mailbox = deque()
+                        mailbox.append(item)
                         touched[sub] = None
                     else:
                         self._counters["dropped_unsubscribed"] += 1
