@@ -86,14 +86,28 @@ S = TypeVar("S", bound=Hashable)
 
 
 class _Pattern(Generic[S]):
-    """A subscribed wildcard topic and its subscriptions."""
+    """A subscribed wildcard topic and its subscriptions.
 
-    __slots__ = ("match", "subs", "topic")
+    ``match`` is compiled on first use (a compiled pattern costs about 400
+    bytes, and most subscriptions of a large index are never tested). A
+    pattern that is one literal prefix or suffix and a single ``*`` (the
+    commonest kind: ``chat.rooms.*``) needs no regular expression at all:
+    landing in its bucket is the match.
+    """
+
+    __slots__ = ("_match", "in_bucket_matches", "subs", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
-        self.match = _compile(topic)
+        self._match: Callable[[str], object] | None = None
         self.subs: dict[S, None] = {}
+        self.in_bucket_matches = False
+
+    def match(self, topic: str) -> object:
+        match = self._match
+        if match is None:
+            match = self._match = _compile(self.topic)
+        return match(topic)
 
 
 class _AffixBuckets(Generic[S]):
@@ -130,14 +144,18 @@ class _AffixBuckets(Generic[S]):
         else:
             del self._lengths[n]
 
-    def candidates(self, topic: str) -> Iterator[_Pattern[S]]:
+    def collect(self, topic: str, result: list[S]) -> None:
+        """Add the subscriptions of this index's patterns that ``topic`` matches."""
         size = len(topic)
         buckets = self._buckets
+        suffix = self._suffix
         for n in self._lengths:
             if n <= size:
-                bucket = buckets.get(topic[size - n :] if self._suffix else topic[:n])
+                bucket = buckets.get(topic[size - n :] if suffix else topic[:n])
                 if bucket:
-                    yield from bucket
+                    for entry in bucket:
+                        if entry.in_bucket_matches or entry.match(topic):
+                            result.extend(entry.subs)
 
 
 class TopicIndex(Generic[S]):
@@ -238,11 +256,13 @@ class TopicIndex(Generic[S]):
         assert first is not None
         prefix = topic[: first.start()]
         if prefix:
+            entry.in_bucket_matches = topic == prefix + "*"
             (self._prefixed.add if add else self._prefixed.remove)(prefix, entry)
             return
         last = max(topic.rfind("*"), topic.rfind("?"), topic.rfind("]"))
         suffix = topic[last + 1 :]
         if suffix and "[" not in topic:
+            entry.in_bucket_matches = topic == "*" + suffix
             (self._suffixed.add if add else self._suffixed.remove)(suffix, entry)
         elif add:
             self._scanned.append(entry)
@@ -254,7 +274,10 @@ class TopicIndex(Generic[S]):
         found = self._cache.get(topic)
         if found is not None:
             return found
-        if is_pattern(topic):
+        pattern = _checked.get(topic)
+        if pattern is None:
+            pattern = is_pattern(topic)
+        if pattern:
             cache = self._pattern_cache
             found = cache.get(topic)
             if found is not None:
@@ -271,13 +294,12 @@ class TopicIndex(Generic[S]):
     def _route_literal(self, topic: str) -> tuple[S, ...]:
         exact = self._exact.get(topic)
         result: list[S] = list(exact) if exact else []
-        for entries in (self._prefixed, self._suffixed):
-            if entries:
-                for entry in entries.candidates(topic):
-                    if entry.match(topic) is not None:
-                        result.extend(entry.subs)
+        if self._prefixed:
+            self._prefixed.collect(topic, result)
+        if self._suffixed:
+            self._suffixed.collect(topic, result)
         for entry in self._scanned:
-            if entry.match(topic) is not None:
+            if entry.match(topic):
                 result.extend(entry.subs)
         return tuple(result)
 
@@ -289,6 +311,6 @@ class TopicIndex(Generic[S]):
             if match(subscribed) is not None:
                 result.extend(subs)
         for subscribed, entry in self._patterns.items():
-            if subscribed == topic or match(subscribed) is not None or entry.match(topic) is not None:
+            if subscribed == topic or match(subscribed) is not None or entry.match(topic):
                 result.extend(entry.subs)
         return tuple(result)
