@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import operator
 import os
 import threading
 import time
@@ -463,7 +464,7 @@ class Hub:
                 if key in counts:
                     counts[key] += value
         counts["dropped_shutdown"] = self._shutdown_drops + sum(w._counters["dropped_shutdown"] for w in self._workers)
-        in_hand = sum(max(0, len(w._task_items) - w._position) for w in self._workers)
+        in_hand = sum(operator.length_hint(w._in_hand) for w in self._workers)
         with self._broker_lock:
             with self._ready_lock:
                 busy = list(self._busy)

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._hub import _STOPPING, _thread_state
@@ -54,8 +54,6 @@ _monotonic = time.monotonic
 # subscription a worker handles before giving others a turn.
 BROKER_BATCH = 512
 TASK_BATCH = 64
-
-_NO_ITEMS: list[Message | JoinToken] = []
 
 
 class Task:
@@ -102,8 +100,8 @@ class Worker:
         self._done = threading.Condition(threading.Lock())
         self._waiters = 0
         self._retired = False  # set in a child forked from a handler on this thread
-        self._task_items: list[Message | JoinToken] = _NO_ITEMS
-        self._position = 0
+        # The rest of the task in hand, for Hub.stats()["pending"].
+        self._in_hand: Iterator[Message | JoinToken] = iter(())
         # Only this worker's thread writes these; Hub.stats() adds them up.
         self._counters: dict[str, int] = dict.fromkeys(
             ("delivered", "dropped_expired", "dropped_unsubscribed", "dropped_shutdown", "handler_errors"), 0
@@ -235,8 +233,7 @@ class Worker:
         # Only the broker adds to the mailbox meanwhile: len() can only grow.
         popleft = mailbox.popleft
         items = [popleft() for _ in range(min(len(mailbox), TASK_BATCH))]
-        self._position = 0
-        self._task_items = items  # taken, not yet made: Hub.stats()["pending"]
+        self._in_hand = iter(items)
         return Task(sub, items)
 
     def run_task(self, task: Task) -> None:
@@ -250,14 +247,13 @@ class Worker:
         hub = self.hub
         handler = sub.handler
         items = task._items
-        position = delivered = 0
+        delivered = 0
         sub.running_on = self
-        self._position = 0
-        self._task_items = items
+        # Iterating one iterator: what it has not yet yielded is what is
+        # pending (its length hint) and, after an escape, what was not reached.
+        rest = self._in_hand = iter(items)
         try:
-            for item in items:
-                position += 1
-                self._position = position  # for Hub.stats()["pending"]
+            for item in rest:
                 if not isinstance(item, Message):
                     # A join token: what join() waits for is counted first.
                     self._counters["delivered"] += delivered
@@ -289,12 +285,11 @@ class Worker:
             if self._waiters:
                 with self._done:
                     self._done.notify_all()
-            self._task_items = _NO_ITEMS
             counters = self._counters
             counters["delivered"] += delivered
             # If something escaped mid-task, what was not reached is dropped
             # rather than left holding join() callers.
-            for item in items[position:]:
+            for item in list(rest):
                 if isinstance(item, Message):
                     counters["dropped_shutdown"] += 1
                 else:
