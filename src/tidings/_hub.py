@@ -68,6 +68,11 @@ def _check_timeout(timeout: float | None) -> float | None:
     return min(float(timeout), threading.TIMEOUT_MAX)
 
 
+def _peek(counter: itertools.count[int]) -> int:
+    """The number ``next(counter)`` would return, without taking it."""
+    return int(repr(counter)[6:-1])
+
+
 def current_worker() -> Worker | None:
     """The tidings worker running on this thread, if any."""
     worker: Worker | None = getattr(_thread_state, "worker", None)
@@ -146,7 +151,7 @@ class Hub:
             if self._state == _STOPPED:
                 raise HubClosedError(self.name)
             settings = self.settings
-            broker_class = import_class("CHANNEL_MESSAGE_BROKER_CLASS", settings.CHANNEL_MESSAGE_BROKER_CLASS)
+            broker_class = import_class("CHANNEL_MESSAGE_BROKER_CLASS", settings.broker_class())
             worker_class = import_class("CHANNEL_TASK_WORKER_CLASS", settings.CHANNEL_TASK_WORKER_CLASS)
             for setting, cls, base in (
                 ("CHANNEL_MESSAGE_BROKER_CLASS", broker_class, MessageBroker),
@@ -358,6 +363,41 @@ class Hub:
             sub.live = False
             self._index.remove(sub.topic, sub)
 
+    def _route(self, messages: list[Message], counters: dict[str, int], own: str | None = None) -> None:
+        """Append each message to the mailbox of every subscription it reaches.
+
+        Called by the broker stage under the broker lock, in hub order. With
+        ``own`` (this hub's token, for messages that came back through a
+        network broker) a subscription does not get this hub's messages that
+        were sent before it subscribed.
+        """
+        route = self._index.route
+        touched: dict[Subscription, None] = {}
+        last_topic: str | None = None
+        subs: tuple[Subscription, ...] = ()
+        for message in messages:
+            topic = message.topic
+            if topic is not last_topic:
+                # Runs of messages on one topic are common: route once.
+                last_topic = topic
+                subs = route(topic)
+            if own is not None and message._meta[1] == own:
+                sent = message._meta[0]
+                targets = [sub for sub in subs if sub.since < sent]
+            else:
+                targets = subs  # type: ignore[assignment]
+            for sub in targets:
+                if sub.active:
+                    mailbox = sub.mailbox
+                    if mailbox is None:
+                        mailbox = sub.mailbox = deque()
+                    mailbox.append(message)
+                    touched[sub] = None
+                else:
+                    counters["dropped_unsubscribed"] += 1
+        if touched:
+            self._schedule(touched)
+
     def _schedule(self, subs: Iterable[Subscription]) -> None:
         """Put subscriptions with new mail on the ready queue (once each)."""
         ready = self._ready
@@ -425,6 +465,7 @@ class Hub:
     def _subscribe(self, sub: Subscription) -> None:
         if self._state == _STOPPED:
             raise HubClosedError(self.name)
+        sub.since = _peek(self._seq)
         self._control(self._add_subscription, sub)
         self._publish(SUBSCRIBE_TOPIC, {"topic": sub.topic}, None, True, False)
 
@@ -470,7 +511,7 @@ class Hub:
                 busy = list(self._busy)
             mailboxes = sum(len(sub.mailbox or ()) for sub in busy)
             subscriptions = self._subscription_count
-        sent = int(repr(self._seq)[6:-1]) - 1  # count(n) is the next number to hand out
+        sent = _peek(self._seq) - 1
         return {
             "sent": sent,
             **counts,

@@ -51,6 +51,7 @@ class Subscription:
         "on_error",
         "running_on",
         "scheduled",
+        "since",
         "topic",
     )
 
@@ -70,6 +71,7 @@ class Subscription:
         self.active = True
         self.live = False
         self.running_on: Worker | None = None
+        self.since = 0  # the hub's message number when it subscribed
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"

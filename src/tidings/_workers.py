@@ -376,11 +376,8 @@ class MessageBroker(Worker):
         self._take_broker_lock()
         hub = self.hub
         queue = hub._queue
-        route = hub._index.route
-        touched: dict[Subscription, None] = {}
         stopping = hub._state == _STOPPING
-        last_topic: str | None = None
-        subs: tuple[Subscription, ...] = ()
+        batch: list[Message] = []
         for _ in range(BROKER_BATCH):
             try:
                 item = queue.popleft()
@@ -389,32 +386,18 @@ class MessageBroker(Worker):
             if isinstance(item, Message):
                 if stopping and item.droppable:
                     self._drop_at_shutdown(item)
-                    continue
-                topic = item.topic
-                if topic is not last_topic:
-                    # Runs of messages on one topic are common: route once.
-                    last_topic = topic
-                    subs = route(topic)
-                for sub in subs:
-                    if sub.active:
-                        mailbox = sub.mailbox
-                        if mailbox is None:
-                            mailbox = sub.mailbox = deque()
-                        mailbox.append(item)
-                        touched[sub] = None
-                    else:
-                        self._counters["dropped_unsubscribed"] += 1
+                else:
+                    batch.append(item)
             else:
-                last_topic = None
-                # A subscription change or a join token: everything routed
-                # so far must be visible (scheduled) before it applies.
-                if touched:
-                    hub._schedule(touched)
-                    touched.clear()
+                # A subscription change or a join token applies after
+                # everything before it was routed.
+                if batch:
+                    hub._route(batch, self._counters)
+                    batch = []
                 function, argument = item
                 function(argument)
-        if touched:
-            hub._schedule(touched)
+        if batch:
+            hub._route(batch, self._counters)
 
 
 class TaskWorker(Worker):
