@@ -19,7 +19,7 @@ Topics are strings; ``*``, ``?`` and ``[...]`` are wildcards (those of
 from __future__ import annotations
 
 from ._channel import Channel
-from ._exceptions import ConfigurationError, HubClosedError, TidingsError
+from ._exceptions import BrokerUnavailableError, ConfigurationError, HubClosedError, TidingsError
 from ._hub import SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, Hub, configure, default_hub
 from ._message import Message
 from ._scope import Scope
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SUBSCRIBE_TOPIC",
     "UNSUBSCRIBE_TOPIC",
+    "BrokerUnavailableError",
     "Channel",
     "ConfigurationError",
     "Hub",

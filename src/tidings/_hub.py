@@ -39,6 +39,7 @@ from ._topics import TopicIndex
 
 if TYPE_CHECKING:
     from ._workers import Worker
+    from .brokers._base import Codec
 
 __all__ = ["Hub", "configure", "default_hub"]
 
@@ -108,6 +109,15 @@ class Hub:
         self._workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
         self._index: TopicIndex[Subscription] = TopicIndex()
+        # With a network broker, send() encodes (and so validates) every
+        # message that is not local, in the caller's thread.
+        self._codec: Codec | None = None
+        self._network: Any = None  # the network broker's connection, shared by its instances
+        self._refusing = False  # the network broker's send buffer is full
+        if self.settings.CHANNEL_BROKER_URL is not None:
+            from .brokers._base import Codec
+
+            self._codec = Codec(self.settings.CHANNEL_MAX_MESSAGE_BYTES, self.settings.CHANNEL_BROKER_SECRET)
         self._subscription_count = 0  # changed under the channels' transition lock
         self._reset_runtime()
         _hubs.add(self)
@@ -160,6 +170,8 @@ class Hub:
                 if not issubclass(cls, Worker):
                     raise ConfigurationError(setting, cls, f"must be a subclass of tidings.Worker ({base.__name__})")
             workers = self._make_workers(broker_class, worker_class)
+            for worker in workers:
+                worker.on_start()
             self._alive = True
             self._normal = True
             self._state = _RUNNING
@@ -244,6 +256,12 @@ class Hub:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         ended = not any(thread.is_alive() for thread in self._threads)
+        if ended:
+            for worker in self._workers:
+                try:
+                    worker.on_stop()
+                except Exception:
+                    logger.exception("%s: on_stop() raised", worker.name)
         # With a thread still running (a handler that would not return) the
         # broker lock may never come free: drop without it, and again once
         # a later stop() sees the thread end.
@@ -430,6 +448,10 @@ class Hub:
             absolute, deadline = resolve_expiry(expiry)
             meta = (next(self._seq), self._token, _time(), absolute, local, droppable)
             message = Message(topic, data, deadline, meta)
+        if self._codec is not None and not local:
+            if self._refusing:
+                self._network.refuse()
+            message._wire = self._codec.encode_message(message)
         queue = self._queue
         queue.append(message)
         if self._broker_waiting:
@@ -487,7 +509,7 @@ class Hub:
 
     # -- introspection -----------------------------------------------------
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Counters since the hub was created (or, in a forked child, since the fork).
 
         - ``sent``: messages accepted by ``send`` (internal ones included)
@@ -512,12 +534,15 @@ class Hub:
             mailboxes = sum(len(sub.mailbox or ()) for sub in busy)
             subscriptions = self._subscription_count
         sent = _peek(self._seq) - 1
-        return {
+        stats = {
             "sent": sent,
             **counts,
             "pending": len(self._queue) + mailboxes + in_hand,
             "subscriptions": subscriptions,
         }
+        if self._network is not None:
+            stats.update(self._network.stats())
+        return stats
 
     def topics(self) -> list[str]:
         """The distinct topics that have subscriptions."""

@@ -50,9 +50,10 @@ class Message:
     # handler receives holds topic, data and a reference to its origin, so
     # that making it costs three stores. ``_meta`` is
     # (sequence number, hub token, time, expiry, local, droppable).
-    __slots__ = ("_deadline", "_dropped", "_meta", "_origin", "data", "topic")
+    __slots__ = ("_deadline", "_dropped", "_meta", "_origin", "_wire", "data", "topic")
 
     _dropped: bool  # set only when dropped (unset reads as False)
+    _wire: bytes  # the encoded message, set by send() when a network broker carries it
 
     def __init__(
         self,

@@ -111,6 +111,12 @@ class Worker:
         """One turn of the stage; called again and again while the hub runs."""
         raise NotImplementedError
 
+    def on_start(self) -> None:
+        """Called on the thread that starts the hub, before the worker threads start."""
+
+    def on_stop(self) -> None:
+        """Called when the hub has stopped and the worker threads have ended."""
+
     @property
     def running(self) -> bool:
         """False once the hub has told its threads to stop."""

@@ -1,0 +1,497 @@
+"""The Redis Streams broker: one stream carries every message of a namespace.
+
+Chosen by ``CHANNEL_BROKER_URL='redis://host:port/db'`` (also ``rediss://``
+for TLS and ``unix://`` for a socket); needs ``pip install tidings[redis]``.
+
+Every process that uses the same Redis and ``CHANNEL_NAMESPACE`` shares one
+channel space. A message that is not ``local`` is appended to the stream
+``<namespace>:stream`` and delivered, in every process (the sender's own
+included), when it is read back, so all processes see the same total order:
+the stream's.
+
+Three threads per hub do the work:
+
+- the broker thread(s) (``RedisBroker.run``) route local messages at once
+  and hand the others to the writer;
+- the **writer** packs waiting messages into entries (up to 500 messages
+  each) and appends them with ``XADD``. When the connection fails it
+  reconnects with jittered backoff and appends the same entry again; a
+  reply lost with the connection can make that a duplicate, which readers
+  drop by the publisher's sequence numbers. While Redis is unreachable,
+  messages wait in order; once ``CHANNEL_SEND_BUFFER`` of them wait,
+  ``send()`` raises :class:`~tidings.BrokerUnavailableError`;
+- the **reader** reads the stream with ``XREAD BLOCK`` on a connection of
+  its own, resuming after the last entry it saw when it reconnects. It
+  drops and counts entries that are not tidings entries (or not signed with
+  ``CHANNEL_BROKER_SECRET``), and reports a gap (the stream trimmed past its
+  position, reset, or a publisher's numbers missing) on the local topic
+  ``tidings.channels.gap``, in the log and in ``hub.stats()``.
+
+Local topics ``tidings.channels.disconnected`` and
+``tidings.channels.reconnected`` announce the connection's state, so that
+applications can resynchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from tidings._exceptions import BrokerUnavailableError
+from tidings._message import Message
+from tidings._settings import redact_url
+from tidings._subscription import JoinToken
+from tidings._workers import BROKER_BATCH, MessageBroker
+
+from ._base import BadEntry, Deduplicator
+
+if TYPE_CHECKING:
+    from tidings._hub import Hub
+
+# redis-py's reply types are unions of every shape a reply can take; this
+# module knows which shape each call returns (RESP2, bytes).
+Redis = Any
+
+__all__ = ["DISCONNECTED_TOPIC", "GAP_TOPIC", "RECONNECTED_TOPIC", "RedisBroker"]
+
+logger = logging.getLogger("tidings.redis")
+
+GAP_TOPIC = "tidings.channels.gap"
+DISCONNECTED_TOPIC = "tidings.channels.disconnected"
+RECONNECTED_TOPIC = "tidings.channels.reconnected"
+
+ENTRY_MESSAGES = 500  # at most this many messages in one stream entry
+ENTRY_BYTES = 1 << 20  # and about this many bytes (a single larger message goes alone)
+READ_COUNT = 200  # entries per XREAD
+BLOCK_MS = 1000  # XREAD BLOCK, well under the socket timeout
+SOCKET_TIMEOUT = 10.0
+CHECK_EVERY = 5.0  # seconds between checks for a trimmed or reset stream
+HEARTBEAT_EVERY = 2.0  # seconds between reader heartbeats (for `tidings stats`)
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ImportError("the Redis broker needs redis-py: pip install 'tidings[redis]'") from None
+    return redis
+
+
+def connect(url: str, name: str) -> Redis:
+    """A single-connection client with no automatic retries (tidings retries itself)."""
+    redis = _import_redis()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=5.0,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        single_connection_client=True,
+        client_name=name,
+        protocol=2,
+        health_check_interval=0,
+    )
+    client.ping()
+    return client
+
+
+def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Backoff:
+    """Jittered exponential backoff: 50 ms doubling up to 2 s."""
+
+    def __init__(self) -> None:
+        self.delay = 0.05
+
+    def reset(self) -> None:
+        self.delay = 0.05
+
+    def next(self) -> float:
+        delay = self.delay * random.uniform(0.5, 1.5)
+        self.delay = min(self.delay * 2, 2.0)
+        return delay
+
+
+class RedisLink:
+    """The connection of one hub to Redis: a writer and a reader thread."""
+
+    def __init__(self, hub: Hub) -> None:
+        settings = hub.settings
+        assert settings.CHANNEL_BROKER_URL is not None
+        assert hub._codec is not None
+        _import_redis()  # fail at start, with the install hint, not in a thread
+        self.hub = hub
+        self.url = settings.CHANNEL_BROKER_URL
+        self.namespace = settings.CHANNEL_NAMESPACE
+        self.stream = f"{self.namespace}:stream"
+        self.readers_key = f"{self.namespace}:readers"
+        self.maxlen = settings.CHANNEL_STREAM_MAXLEN
+        self.buffer_limit = settings.CHANNEL_SEND_BUFFER
+        self.codec = hub._codec
+        self.publisher = os.urandom(8).hex()
+        self.reader_name = f"{socket.gethostname()}:{os.getpid()}:{self.publisher[:8]}"
+        self._outbox: deque[Message | JoinToken] = deque()
+        self._outbox_ready = threading.Condition(threading.Lock())
+        self._next_seq = 1
+        self._tokens: deque[tuple[tuple[int, int] | None, JoinToken]] = deque()
+        self._tokens_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._connected: dict[str, bool | None] = {"writer": None, "reader": None}
+        self._counters = dict.fromkeys(
+            ("published", "received", "duplicates", "rejected", "gaps", "lost", "reconnects"), 0
+        )
+        self._delivery_counters: dict[str, int] = {"dropped_unsubscribed": 0}
+        self._lag = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        for role, target in (("writer", self._write_loop), ("reader", self._read_loop)):
+            thread = threading.Thread(target=self._supervise, args=(role, target), name=f"tidings-{role}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._outbox_ready:
+            self._outbox_ready.notify_all()
+        for thread in self._threads:
+            thread.join(SOCKET_TIMEOUT + 2)
+        # What never reached Redis (the hub gave up draining) is dropped, counted.
+        dropped = 0
+        while self._outbox:
+            item = self._outbox.popleft()
+            if isinstance(item, Message):
+                item._drop()
+                dropped += 1
+            else:
+                item.done()
+        with self._tokens_lock:
+            while self._tokens:
+                self._tokens.popleft()[1].done()
+        if dropped:
+            logger.error("%d messages were never sent to %s: the hub stopped first", dropped, redact_url(self.url))
+            self.hub._shutdown_drops += dropped
+
+    def _supervise(self, role: str, loop: Any) -> None:
+        # A thread that dies is a listener nobody notices: restart the loop.
+        while not self._stopping.is_set():
+            try:
+                loop()
+            except BaseException:
+                logger.exception("the Redis %s crashed; restarting it", role)
+                self._stopping.wait(1.0)
+
+    # -- what the broker thread hands over ----------------------------------
+
+    def enqueue(self, items: list[Message | JoinToken]) -> None:
+        self._outbox.extend(items)
+        if len(self._outbox) >= self.buffer_limit:
+            self.hub._refusing = True
+        with self._outbox_ready:
+            self._outbox_ready.notify()
+
+    def refuse(self) -> None:
+        raise BrokerUnavailableError(len(self._outbox), self.buffer_limit)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "broker_connected": all(self._connected.values()),
+            "broker_buffered": sum(1 for item in list(self._outbox) if isinstance(item, Message)),
+            "broker_lag": self._lag,
+        }
+        stats.update((f"broker_{key}", value) for key, value in self._counters.items())
+        return stats
+
+    # -- connection state --------------------------------------------------
+
+    def _announce(self, role: str, up: bool, error: BaseException | None = None) -> None:
+        before = self._connected[role]
+        if before == up:
+            return
+        self._connected[role] = up
+        if before is None:
+            return  # the first connection: nothing was lost yet
+        topic = RECONNECTED_TOPIC if up else DISCONNECTED_TOPIC
+        data: dict[str, Any] = {"role": role, "broker": redact_url(self.url)}
+        if error is not None:
+            data["error"] = f"{type(error).__name__}: {error}"
+            logger.warning("lost the Redis %s connection to %s: %s", role, redact_url(self.url), error)
+        else:
+            self._counters["reconnects"] += 1
+            logger.info("the Redis %s connection to %s is back", role, redact_url(self.url))
+        self._local(topic, data)
+
+    def _local(self, topic: str, data: dict[str, Any]) -> None:
+        try:
+            self.hub._publish(topic, data, None, True, False)
+        except Exception:  # the hub is stopping: nobody is left to tell
+            pass
+
+    def _connect(self, role: str, backoff: _Backoff) -> Redis | None:
+        redis = _import_redis()
+        while not self._stopping.is_set():
+            try:
+                return connect(self.url, f"tidings-{role}-{self.publisher[:8]}")
+            except redis.RedisError as exc:
+                self._announce(role, False, exc)
+                self._stopping.wait(backoff.next())
+        return None
+
+    # -- the writer --------------------------------------------------------
+
+    def _take(self) -> tuple[list[Message], list[JoinToken]]:
+        """The next entry's messages and the join tokens right behind them."""
+        outbox = self._outbox
+        with self._outbox_ready:
+            while not outbox and not self._stopping.is_set():
+                self._outbox_ready.wait(1.0)
+        messages: list[Message] = []
+        tokens: list[JoinToken] = []
+        size = 0
+        while outbox:
+            item = outbox[0]
+            if isinstance(item, Message):
+                if tokens or len(messages) >= ENTRY_MESSAGES or (messages and size + len(item._wire) > ENTRY_BYTES):
+                    break
+                size += len(item._wire)
+                messages.append(item)
+            else:
+                tokens.append(item)
+            outbox.popleft()
+        return messages, tokens
+
+    def _write_loop(self) -> None:
+        redis = _import_redis()
+        backoff = _Backoff()
+        client: Redis | None = None
+        last_id: tuple[int, int] | None = None
+        while not self._stopping.is_set():
+            messages, tokens = self._take()
+            if messages:
+                entry = self.codec.pack(self.publisher, self._next_seq, [m._wire for m in messages])
+                while True:
+                    if client is None:
+                        client = self._connect("writer", backoff)
+                        if client is None:  # stopping: stop() drops what is left
+                            self._outbox.extendleft(reversed([*messages, *tokens]))
+                            return
+                        self._announce("writer", True)
+                    try:
+                        entry_id = client.xadd(self.stream, entry, maxlen=self.maxlen, approximate=True)
+                        break
+                    except redis.RedisError as exc:
+                        # The entry may or may not have been appended: send
+                        # it again; readers drop a duplicate by its numbers.
+                        client.close()
+                        client = None
+                        self._announce("writer", False, exc)
+                        self._stopping.wait(backoff.next())
+                backoff.reset()
+                self._next_seq += len(messages)
+                self._counters["published"] += len(messages)
+                last_id = _parse_id(entry_id)
+                if self.hub._refusing and len(self._outbox) < self.buffer_limit // 2:
+                    self.hub._refusing = False
+            if tokens:
+                # join(): done once the reader has read back what was sent
+                # before it (or at once if nothing was ever sent).
+                with self._tokens_lock:
+                    self._tokens.extend((last_id, token) for token in tokens)
+        if client is not None:
+            client.close()
+
+    # -- the reader --------------------------------------------------------
+
+    def _start_position(self, client: Redis) -> bytes:
+        newest = client.xrevrange(self.stream, count=1)
+        return newest[0][0] if newest else b"0-0"
+
+    def _check_stream(self, client: Redis, position: bytes) -> bytes:
+        """Detect a stream that was reset or trimmed past ``position``."""
+        redis = _import_redis()
+        if position == b"0-0":
+            return position
+        try:
+            info = client.xinfo_stream(self.stream)
+        except redis.ResponseError:  # no such key: the stream is gone
+            self._gap("reset", "the stream no longer exists (Redis restarted without persistence, or it was deleted)")
+            return b"0-0"
+        last = info.get("last-generated-id") or info.get(b"last-generated-id")
+        if last is not None and _parse_id(last) < _parse_id(position):
+            self._gap("reset", "the stream was recreated: its newest entry is older than the last one read")
+            return b"0-0"
+        first = info.get("first-entry") or info.get(b"first-entry")
+        if first and _parse_id(first[0]) > _parse_id(position):
+            # Entries after our position may have been trimmed away; the
+            # publishers' numbers tell exactly how many messages (below).
+            self._gap("trimmed", "the stream was trimmed past this reader's position")
+        return position
+
+    def _gap(self, reason: str, detail: str, missing: int | None = None) -> None:
+        self._counters["gaps"] += 1
+        if missing:
+            self._counters["lost"] += missing
+        logger.error(
+            "gap in %s: %s (%s)", self.stream, detail, "messages lost" if missing is None else f"{missing} lost"
+        )
+        self._local(GAP_TOPIC, {"reason": reason, "detail": detail, "missing": missing, "stream": self.stream})
+
+    def _read_loop(self) -> None:
+        redis = _import_redis()
+        backoff = _Backoff()
+        dedup = Deduplicator()
+        position: bytes | None = None
+        client: Redis | None = None
+        checked = heartbeat = 0.0
+        while not self._stopping.is_set():
+            if client is None:
+                client = self._connect("reader", backoff)
+                if client is None:
+                    return
+                try:
+                    position = (
+                        self._start_position(client) if position is None else self._check_stream(client, position)
+                    )
+                except redis.RedisError as exc:
+                    client.close()
+                    client = None
+                    self._announce("reader", False, exc)
+                    continue
+                self._announce("reader", True)
+                backoff.reset()
+            assert position is not None
+            try:
+                reply = client.xread({self.stream: position}, count=READ_COUNT, block=BLOCK_MS)
+                now = time.monotonic()
+                if now - heartbeat > HEARTBEAT_EVERY:
+                    heartbeat = now
+                    self._heartbeat(client, position)
+                if now - checked > CHECK_EVERY:
+                    checked = now
+                    position = self._check_stream(client, position)
+            except redis.RedisError as exc:
+                client.close()
+                client = None
+                self._announce("reader", False, exc)
+                self._stopping.wait(backoff.next())
+                continue
+            entries = reply[0][1] if reply else []
+            if entries:
+                position = entries[-1][0]
+                self._deliver(entries, dedup)
+            lost = dedup.overdue()
+            if lost:
+                self._gap("sequence", "messages of a publisher never arrived", lost)
+            self._release_tokens(_parse_id(position))
+
+    def _deliver(self, entries: list[Any], dedup: Deduplicator) -> None:
+        batch: list[Message] = []
+        counters = self._counters
+        for entry_id, fields in entries:
+            try:
+                publisher, first, messages = self.codec.unpack(fields)
+            except BadEntry as exc:
+                counters["rejected"] += 1
+                logger.warning("dropped stream entry %r of %s: %s", entry_id, self.stream, exc)
+                continue
+            fresh, missing = dedup.admit(publisher, first, len(messages))
+            counters["duplicates"] += len(messages) - len(fresh)
+            counters["received"] += len(fresh)
+            if missing:
+                self._gap("sequence", f"publisher {publisher} skipped messages", missing)
+            batch.extend(messages[i] for i in fresh)
+        if batch:
+            hub = self.hub
+            with hub._broker_lock:
+                hub._route(batch, self._delivery_counters, own=hub._token)
+
+    def _release_tokens(self, position: tuple[int, int]) -> None:
+        ready: list[JoinToken] = []
+        with self._tokens_lock:
+            while self._tokens and (self._tokens[0][0] is None or self._tokens[0][0] <= position):
+                ready.append(self._tokens.popleft()[1])
+        if ready:
+            hub = self.hub
+            with hub._broker_lock:
+                for token in ready:
+                    hub._place_join_token(token)
+
+    def _heartbeat(self, client: Redis, position: bytes) -> None:
+        info = {"position": position.decode(), "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+        client.hset(self.readers_key, self.reader_name, json.dumps(info))
+        client.expire(self.readers_key, 3600)
+        newest = client.xrevrange(self.stream, count=1)
+        if newest:
+            self._lag = len(client.xrange(self.stream, min=b"(" + position, max=b"+", count=10_000))
+
+
+class RedisBroker(MessageBroker):
+    """Routes local messages in-process and carries the others through Redis.
+
+    See the module documentation. Configure with
+    ``Settings(CHANNEL_BROKER_URL="redis://127.0.0.1:6379/0")``.
+    """
+
+    def on_start(self) -> None:
+        hub = self.hub
+        if hub._codec is None:
+            raise BrokerUnavailableError(0, 0) from None  # pragma: no cover - needs CHANNEL_BROKER_URL
+        if hub._network is None:
+            hub._network = RedisLink(hub)
+            hub._network.start()
+
+    def on_stop(self) -> None:
+        link = self.hub._network
+        if link is not None and not link._stopping.is_set():
+            link.stop()
+
+    def run(self) -> None:
+        if not self._wait_for_items():
+            return
+        self._take_broker_lock()
+        hub = self.hub
+        link: RedisLink = hub._network
+        queue = hub._queue
+        local: list[Message] = []
+        outgoing: list[Message | JoinToken] = []
+        for _ in range(BROKER_BATCH):
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, Message):
+                if item._meta[4]:  # local
+                    local.append(item)
+                else:
+                    outgoing.append(item)
+                continue
+            function, argument = item
+            if function == hub._place_join_token:
+                # join() waits for the messages before it to come back
+                # from Redis, and for the local ones routed here.
+                outgoing.append(argument)
+                continue
+            if local:
+                hub._route(local, self._counters)
+                local = []
+            function(argument)
+        if local:
+            hub._route(local, self._counters)
+        if outgoing:
+            link.enqueue(outgoing)
