@@ -399,6 +399,12 @@ class RedisLink:
             if lost:
                 self._gap("sequence", "messages of a publisher never arrived", lost)
             self._release_tokens(_parse_id(position))
+        if client is not None:
+            try:
+                client.hdel(self.readers_key, self.reader_name)  # no longer reading
+            except redis.RedisError:
+                pass
+            client.close()
 
     def _deliver(self, entries: list[Any], dedup: Deduplicator) -> None:
         batch: list[Message] = []
