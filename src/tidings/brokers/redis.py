@@ -150,6 +150,9 @@ class RedisLink:
         self._tokens: deque[tuple[tuple[int, int] | None, JoinToken]] = deque()
         self._tokens_lock = threading.Lock()
         self._stopping = threading.Event()
+        # The writer appends nothing before the reader knows where to start
+        # reading: else the reader could start after our own first entry.
+        self._reader_placed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connected: dict[str, bool | None] = {"writer": None, "reader": None}
         self._counters = dict.fromkeys(
@@ -225,13 +228,14 @@ class RedisLink:
         if before == up:
             return
         self._connected[role] = up
-        if before is None:
-            return  # the first connection: nothing was lost yet
+        if up and before is None:
+            return  # the first connection: nothing to announce
         topic = RECONNECTED_TOPIC if up else DISCONNECTED_TOPIC
         data: dict[str, Any] = {"role": role, "broker": redact_url(self.url)}
         if error is not None:
             data["error"] = f"{type(error).__name__}: {error}"
-            logger.warning("lost the Redis %s connection to %s: %s", role, redact_url(self.url), error)
+            what = "cannot open" if before is None else "lost"
+            logger.warning("%s the Redis %s connection to %s: %s (retrying)", what, role, redact_url(self.url), error)
         else:
             self._counters["reconnects"] += 1
             logger.info("the Redis %s connection to %s is back", role, redact_url(self.url))
@@ -284,6 +288,10 @@ class RedisLink:
         while not self._stopping.is_set():
             messages, tokens = self._take()
             if messages:
+                while not self._reader_placed.wait(0.5):
+                    if self._stopping.is_set():
+                        self._outbox.extendleft(reversed([*messages, *tokens]))
+                        return
                 entry = self.codec.pack(self.publisher, self._next_seq, [m._wire for m in messages])
                 while True:
                     if client is None:
@@ -374,6 +382,7 @@ class RedisLink:
                     self._announce("reader", False, exc)
                     continue
                 self._announce("reader", True)
+                self._reader_placed.set()
                 backoff.reset()
             assert position is not None
             try:
