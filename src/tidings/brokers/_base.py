@@ -117,8 +117,12 @@ class Codec:
             entry[b"h"] = self._sign(fields)
         return entry
 
-    def unpack(self, entry: dict[bytes, bytes]) -> tuple[str, int, list[Message]]:
-        """(publisher, first sequence number, messages); BadEntry if anything is off."""
+    def unpack_header(self, entry: dict[bytes, bytes]) -> tuple[str, int, int, bytes]:
+        """(publisher, first sequence number, count, body), the signature checked.
+
+        Cheap: the body is not parsed, so a reader can recognise its own
+        entries and reuse the messages it sent instead of decoding them.
+        """
         try:
             fields = [entry[b"v"], entry[b"p"], entry[b"s"], entry[b"n"], entry[b"b"]]
         except (KeyError, TypeError):
@@ -135,12 +139,26 @@ class Codec:
             publisher = fields[1].decode()
             first = int(fields[2])
             count = int(fields[3])
-            raw = json.loads(fields[4])
         except (UnicodeDecodeError, ValueError) as exc:
-            raise BadEntry(f"unreadable ({exc})") from None
-        if not publisher or first < 1 or not isinstance(raw, list) or len(raw) != count or count < 1:
+            raise BadEntry(f"unreadable header ({exc})") from None
+        if not publisher or first < 1 or count < 1:
             raise BadEntry("inconsistent header")
-        return publisher, first, [self._message(item) for item in raw]
+        return publisher, first, count, fields[4]
+
+    def decode_body(self, body: bytes, count: int) -> list[Message]:
+        """The messages of an entry's body; BadEntry if anything is off."""
+        try:
+            raw = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadEntry(f"unreadable body ({exc})") from None
+        if not isinstance(raw, list) or len(raw) != count:
+            raise BadEntry("the body does not hold the number of messages the header says")
+        return [self._message(item) for item in raw]
+
+    def unpack(self, entry: dict[bytes, bytes]) -> tuple[str, int, list[Message]]:
+        """(publisher, first sequence number, messages); BadEntry if anything is off."""
+        publisher, first, count, body = self.unpack_header(entry)
+        return publisher, first, self.decode_body(body, count)
 
     def _message(self, item: Any) -> Message:
         if not isinstance(item, list) or len(item) != 7:

@@ -70,7 +70,7 @@ RECONNECTED_TOPIC = "tidings.channels.reconnected"
 ENTRY_MESSAGES = 500  # at most this many messages in one stream entry
 ENTRY_BYTES = 1 << 20  # and about this many bytes (a single larger message goes alone)
 READ_COUNT = 200  # entries per XREAD
-BLOCK_MS = 1000  # XREAD BLOCK, well under the socket timeout
+BLOCK_MS = 300  # XREAD BLOCK: well under the socket timeout, and how long stop() may wait
 SOCKET_TIMEOUT = 10.0
 CHECK_EVERY = 5.0  # seconds between checks for a trimmed or reset stream
 HEARTBEAT_EVERY = 2.0  # seconds between reader heartbeats (for `tidings stats`)
@@ -149,6 +149,11 @@ class RedisLink:
         self._next_seq = 1
         self._tokens: deque[tuple[tuple[int, int] | None, JoinToken]] = deque()
         self._tokens_lock = threading.Lock()
+        # Entries this hub appended, by first sequence number, until the
+        # reader reads them back: it delivers these messages instead of
+        # decoding its own JSON again.
+        self._inflight: dict[int, list[Message]] = {}
+        self._read_position: tuple[int, int] | None = None
         self._stopping = threading.Event()
         # The writer appends nothing before the reader knows where to start
         # reading: else the reader could start after our own first entry.
@@ -204,7 +209,9 @@ class RedisLink:
 
     def enqueue(self, items: list[Message | JoinToken]) -> None:
         self._outbox.extend(items)
-        if len(self._outbox) >= self.buffer_limit:
+        # Bounded while Redis is unreachable; while connected, the backlog
+        # is what the writer has yet to append, and it drains.
+        if len(self._outbox) >= self.buffer_limit and not self._connected["writer"]:
             self.hub._refusing = True
         with self._outbox_ready:
             self._outbox_ready.notify()
@@ -283,7 +290,9 @@ class RedisLink:
     def _write_loop(self) -> None:
         redis = _import_redis()
         backoff = _Backoff()
-        client: Redis | None = None
+        client: Redis | None = self._connect("writer", backoff)
+        if client is not None:
+            self._announce("writer", True)
         last_id: tuple[int, int] | None = None
         while not self._stopping.is_set():
             messages, tokens = self._take()
@@ -293,6 +302,10 @@ class RedisLink:
                         self._outbox.extendleft(reversed([*messages, *tokens]))
                         return
                 entry = self.codec.pack(self.publisher, self._next_seq, [m._wire for m in messages])
+                inflight = self._inflight
+                if len(inflight) > 10_000:  # never read back (trimmed?): forget the oldest
+                    del inflight[min(inflight)]
+                inflight[self._next_seq] = messages
                 while True:
                     if client is None:
                         client = self._connect("writer", backoff)
@@ -314,13 +327,15 @@ class RedisLink:
                 self._next_seq += len(messages)
                 self._counters["published"] += len(messages)
                 last_id = _parse_id(entry_id)
-                if self.hub._refusing and len(self._outbox) < self.buffer_limit // 2:
-                    self.hub._refusing = False
+                self.hub._refusing = False  # connected again: the backlog drains
             if tokens:
                 # join(): done once the reader has read back what was sent
                 # before it (or at once if nothing was ever sent).
                 with self._tokens_lock:
                     self._tokens.extend((last_id, token) for token in tokens)
+                position = self._read_position
+                if last_id is None or (position is not None and position >= last_id):
+                    self._release_tokens(position)
         if client is not None:
             client.close()
 
@@ -404,6 +419,7 @@ class RedisLink:
             if entries:
                 position = entries[-1][0]
                 self._deliver(entries, dedup)
+                self._read_position = _parse_id(position)
             lost = dedup.overdue()
             if lost:
                 self._gap("sequence", "messages of a publisher never arrived", lost)
@@ -418,9 +434,14 @@ class RedisLink:
     def _deliver(self, entries: list[Any], dedup: Deduplicator) -> None:
         batch: list[Message] = []
         counters = self._counters
+        own = self.publisher
+        inflight = self._inflight
         for entry_id, fields in entries:
             try:
-                publisher, first, messages = self.codec.unpack(fields)
+                publisher, first, count, body = self.codec.unpack_header(fields)
+                messages = inflight.pop(first, None) if publisher == own else None
+                if messages is None or len(messages) != count:
+                    messages = self.codec.decode_body(body, count)
             except BadEntry as exc:
                 counters["rejected"] += 1
                 logger.warning("dropped stream entry %r of %s: %s", entry_id, self.stream, exc)
@@ -436,10 +457,12 @@ class RedisLink:
             with hub._broker_lock:
                 hub._route(batch, self._delivery_counters, own=hub._token)
 
-    def _release_tokens(self, position: tuple[int, int]) -> None:
+    def _release_tokens(self, position: tuple[int, int] | None) -> None:
         ready: list[JoinToken] = []
         with self._tokens_lock:
-            while self._tokens and (self._tokens[0][0] is None or self._tokens[0][0] <= position):
+            while self._tokens and (
+                self._tokens[0][0] is None or (position is not None and self._tokens[0][0] <= position)
+            ):
                 ready.append(self._tokens.popleft()[1])
         if ready:
             hub = self.hub
