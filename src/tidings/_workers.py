@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._hub import _STOPPING, _thread_state
+from ._hub import _STOPPING, Control, _thread_state
 from ._message import Message, _new_message
 from ._subscription import JoinToken, Subscription
 
@@ -159,6 +159,19 @@ class Worker:
         if not self._holds_broker_lock:
             self.hub._broker_lock.acquire()
             self._holds_broker_lock = True
+
+    def _take_items(self) -> list[Message | Control]:
+        """Up to BROKER_BATCH items from the global queue, taking the broker lock.
+
+        An empty list is an idle tick. Only a broker holding the lock takes
+        items, so the queue can only grow meanwhile.
+        """
+        if not self._wait_for_items():
+            return []
+        self._take_broker_lock()
+        queue = self.hub._queue
+        popleft = queue.popleft
+        return [popleft() for _ in range(min(len(queue), BROKER_BATCH))]
 
     def get_message(self) -> Message | None:
         """The next message from the global queue, or None after an idle wait.
@@ -377,18 +390,10 @@ class MessageBroker(Worker):
     """
 
     def run(self) -> None:
-        if not self._wait_for_items():
-            return
-        self._take_broker_lock()
         hub = self.hub
-        queue = hub._queue
         stopping = hub._state == _STOPPING
         batch: list[Message] = []
-        for _ in range(BROKER_BATCH):
-            try:
-                item = queue.popleft()
-            except IndexError:
-                break
+        for item in self._take_items():
             if isinstance(item, Message):
                 if stopping and item.droppable:
                     self._drop_at_shutdown(item)

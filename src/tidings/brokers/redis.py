@@ -48,7 +48,7 @@ from tidings._exceptions import BrokerUnavailableError
 from tidings._message import Message
 from tidings._settings import redact_url
 from tidings._subscription import JoinToken
-from tidings._workers import BROKER_BATCH, MessageBroker
+from tidings._workers import MessageBroker
 
 from ._base import BadEntry, Deduplicator
 
@@ -500,19 +500,11 @@ class RedisBroker(MessageBroker):
             link.stop()
 
     def run(self) -> None:
-        if not self._wait_for_items():
-            return
-        self._take_broker_lock()
         hub = self.hub
         link: RedisLink = hub._network
-        queue = hub._queue
         local: list[Message] = []
         outgoing: list[Message | JoinToken] = []
-        for _ in range(BROKER_BATCH):
-            try:
-                item = queue.popleft()
-            except IndexError:
-                break
+        for item in self._take_items():
             if isinstance(item, Message):
                 if item._meta[4]:  # local
                     local.append(item)
