@@ -600,8 +600,15 @@ class Hub:
             classes = [type(self._workers[0]), type(self._workers[-1])] if self._workers else []
             self._workers = []
             self._threads = []
+            # A network broker's connections and threads belong to the
+            # parent: the child opens its own (with a publisher id of its own).
+            self._network = None
+            self._refusing = False
             if classes:
-                self._start_threads(self._make_workers(classes[0], classes[1]))
+                workers = self._make_workers(classes[0], classes[1])
+                for worker in workers:
+                    worker.on_start()
+                self._start_threads(workers)
 
 
 class _nullcontext:

@@ -38,14 +38,16 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    netloc, query = parts.netloc, parts.query
+    if "@" in netloc:
+        # Everything before the last "@" is user[:password].
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            netloc = f"{user.partition(':')[0]}:***@{host}"
+    if query:
+        pairs = (pair.partition("=") for pair in query.split("&"))
+        query = "&".join(f"{key}=***" if "pass" in key.lower() else f"{key}{eq}{value}" for key, eq, value in pairs)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _label(name: str, from_env: bool) -> str:

@@ -154,6 +154,11 @@ class RedisLink:
         # decoding its own JSON again.
         self._inflight: dict[int, list[Message]] = {}
         self._read_position: tuple[int, int] | None = None
+        self._last_id: tuple[int, int] | None = None  # of the newest entry appended
+        self._writing = False  # the writer holds messages taken from the outbox
+        self._started = time.time()
+        self._base = 0  # entries the stream held up to the reader's first position
+        self._entries_read = 0
         self._stopping = threading.Event()
         # The writer appends nothing before the reader knows where to start
         # reading: else the reader could start after our own first entry.
@@ -169,6 +174,7 @@ class RedisLink:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
+        self._started = time.time()
         for role, target in (("writer", self._write_loop), ("reader", self._read_loop)):
             thread = threading.Thread(target=self._supervise, args=(role, target), name=f"tidings-{role}", daemon=True)
             self._threads.append(thread)
@@ -206,6 +212,12 @@ class RedisLink:
                 self._stopping.wait(1.0)
 
     # -- what the broker thread hands over ----------------------------------
+
+    def idle(self) -> bool:
+        """Whether everything handed to the link was appended and read back."""
+        last = self._last_id
+        position = self._read_position
+        return not self._outbox and not self._writing and (last is None or (position is not None and position >= last))
 
     def enqueue(self, items: list[Message | JoinToken]) -> None:
         self._outbox.extend(items)
@@ -295,6 +307,7 @@ class RedisLink:
             self._announce("writer", True)
         last_id: tuple[int, int] | None = None
         while not self._stopping.is_set():
+            self._writing = True
             messages, tokens = self._take()
             if messages:
                 while not self._reader_placed.wait(0.5):
@@ -326,8 +339,9 @@ class RedisLink:
                 backoff.reset()
                 self._next_seq += len(messages)
                 self._counters["published"] += len(messages)
-                last_id = _parse_id(entry_id)
+                last_id = self._last_id = _parse_id(entry_id)
                 self.hub._refusing = False  # connected again: the backlog drains
+            self._writing = False
             if tokens:
                 # join(): done once the reader has read back what was sent
                 # before it (or at once if nothing was ever sent).
@@ -342,28 +356,70 @@ class RedisLink:
     # -- the reader --------------------------------------------------------
 
     def _start_position(self, client: Redis) -> bytes:
-        newest = client.xrevrange(self.stream, count=1)
-        return newest[0][0] if newest else b"0-0"
+        """Where reading starts: at the moment the hub started, on Redis's clock.
 
-    def _check_stream(self, client: Redis, position: bytes) -> bytes:
-        """Detect a stream that was reset or trimmed past ``position``."""
+        Connecting may take a while (or Redis may be down when the hub
+        starts); entries appended since the start are read all the same.
+        Entry ids are Redis-clock milliseconds, so the start time is moved
+        onto that clock by the difference between TIME and ours.
+        """
+        seconds, micros = client.time()
+        skew = seconds + micros / 1e6 - time.time()
+        start_ms = int((self._started + skew) * 1000)
+        newest = client.xrevrange(self.stream, count=1)
+        if not newest:
+            return f"{start_ms}-0".encode() if start_ms > 0 else b"0-0"
+        newest_id: bytes = newest[0][0]
+        if _parse_id(newest_id) < (start_ms, 0):
+            return newest_id
+        return f"{start_ms}-0".encode()
+
+    def _stream_info(self, client: Redis) -> dict[str, Any] | None:
         redis = _import_redis()
-        if position == b"0-0":
-            return position
         try:
             info = client.xinfo_stream(self.stream)
-        except redis.ResponseError:  # no such key: the stream is gone
-            self._gap("reset", "the stream no longer exists (Redis restarted without persistence, or it was deleted)")
-            return b"0-0"
-        last = info.get("last-generated-id") or info.get(b"last-generated-id")
+        except redis.ResponseError:  # no such key
+            return None
+        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+
+    def _place(self, client: Redis, position: bytes) -> None:
+        """Remember how many entries the stream had up to ``position``.
+
+        With the count of entries read since, that tells exactly how many
+        unread entries a trim removed (Redis 7.0 does not record it).
+        """
+        info = self._stream_info(client)
+        if info is None:
+            self._base = 0
+        else:
+            after = len(client.xrange(self.stream, min=b"(" + position, max=b"+", count=100_000))
+            self._base = int(info.get("entries-added", 0)) - after
+        self._entries_read = 0
+
+    def _check_stream(self, client: Redis, position: bytes) -> bytes:
+        """Detect a stream that was reset, or trimmed past ``position``."""
+        info = self._stream_info(client)
+        if info is None:
+            if self._base or self._entries_read:
+                self._gap(
+                    "reset", "the stream no longer exists (Redis restarted without persistence, or it was deleted)"
+                )
+                self._base = self._entries_read = 0
+                return b"0-0"
+            return position  # never had entries: nothing to lose
+        last = info.get("last-generated-id")
         if last is not None and _parse_id(last) < _parse_id(position):
             self._gap("reset", "the stream was recreated: its newest entry is older than the last one read")
+            self._base = self._entries_read = 0
             return b"0-0"
-        first = info.get("first-entry") or info.get(b"first-entry")
+        first = info.get("first-entry")
         if first and _parse_id(first[0]) > _parse_id(position):
-            # Entries after our position may have been trimmed away; the
-            # publishers' numbers tell exactly how many messages (below).
-            self._gap("trimmed", "the stream was trimmed past this reader's position")
+            # Every entry left is unread; any other unread one was trimmed.
+            unread = int(info.get("entries-added", 0)) - self._base - self._entries_read
+            lost = unread - int(info.get("length", 0))
+            if lost > 0:
+                self._base += lost
+                self._gap("trimmed", f"the stream was trimmed past this reader: {lost} unread entries removed")
         return position
 
     def _gap(self, reason: str, detail: str, missing: int | None = None) -> None:
@@ -388,9 +444,11 @@ class RedisLink:
                 if client is None:
                     return
                 try:
-                    position = (
-                        self._start_position(client) if position is None else self._check_stream(client, position)
-                    )
+                    if position is None:
+                        position = self._start_position(client)
+                        self._place(client, position)
+                    else:
+                        position = self._check_stream(client, position)
                 except redis.RedisError as exc:
                     client.close()
                     client = None
@@ -417,6 +475,7 @@ class RedisLink:
                 continue
             entries = reply[0][1] if reply else []
             if entries:
+                self._entries_read += len(entries)
                 position = entries[-1][0]
                 self._deliver(entries, dedup)
                 self._read_position = _parse_id(position)
@@ -512,9 +571,10 @@ class RedisBroker(MessageBroker):
                     outgoing.append(item)
                 continue
             function, argument = item
-            if function == hub._place_join_token:
-                # join() waits for the messages before it to come back
-                # from Redis, and for the local ones routed here.
+            if function == hub._place_join_token and (outgoing or not link.idle()):
+                # join() waits for the messages before it to come back from
+                # Redis, behind them in the outbox; with none outstanding
+                # it needs no Redis at all (and is placed below).
                 outgoing.append(argument)
                 continue
             if local:
