@@ -581,6 +581,7 @@ class Hub:
         self._stopped_event = threading.Event()
         worker = current_worker()
         for sub in self._index:
+            sub.since = 0  # the child numbers its messages from 1 again
             if sub.mailbox is not None:
                 sub.mailbox.clear()
             if worker is not None and sub.running_on is worker:
@@ -602,7 +603,9 @@ class Hub:
             self._threads = []
             # A network broker's connections and threads belong to the
             # parent: the child opens its own (with a publisher id of its own).
+            resume = getattr(self._network, "position", None)
             self._network = None
+            self._network_resume = resume  # the child reads on from where the parent was
             self._refusing = False
             if classes:
                 workers = self._make_workers(classes[0], classes[1])

@@ -149,11 +149,15 @@ class Codec:
         """The messages of an entry's body; BadEntry if anything is off."""
         try:
             raw = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadEntry(f"unreadable body ({exc})") from None
-        if not isinstance(raw, list) or len(raw) != count:
-            raise BadEntry("the body does not hold the number of messages the header says")
-        return [self._message(item) for item in raw]
+            if not isinstance(raw, list) or len(raw) != count:
+                raise BadEntry("the body does not hold the number of messages the header says")
+            return [self._message(item) for item in raw]
+        except BadEntry:
+            raise
+        except (ValueError, RecursionError, OverflowError, TypeError) as exc:
+            # Hostile input: nesting deep enough to exhaust the stack, numbers
+            # too large for a float, ... all of it is only a bad entry.
+            raise BadEntry(f"unreadable body ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def unpack(self, entry: dict[bytes, bytes]) -> tuple[str, int, list[Message]]:
         """(publisher, first sequence number, messages); BadEntry if anything is off."""

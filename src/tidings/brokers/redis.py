@@ -50,7 +50,7 @@ from tidings._settings import redact_url
 from tidings._subscription import JoinToken
 from tidings._workers import MessageBroker
 
-from ._base import BadEntry, Deduplicator
+from ._base import Deduplicator
 
 if TYPE_CHECKING:
     from tidings._hub import Hub
@@ -129,7 +129,7 @@ class _Backoff:
 class RedisLink:
     """The connection of one hub to Redis: a writer and a reader thread."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, resume: bytes | None = None) -> None:
         settings = hub.settings
         assert settings.CHANNEL_BROKER_URL is not None
         assert hub._codec is not None
@@ -139,6 +139,11 @@ class RedisLink:
         self.namespace = settings.CHANNEL_NAMESPACE
         self.stream = f"{self.namespace}:stream"
         self.readers_key = f"{self.namespace}:readers"
+        # A random token naming the stream's life: a Redis that restarted
+        # without persistence (or a FLUSHALL) loses it, and whoever writes
+        # first sets a new one, so readers can tell a reset stream apart.
+        self.epoch_key = f"{self.namespace}:epoch"
+        self._epoch: bytes | None = None
         self.maxlen = settings.CHANNEL_STREAM_MAXLEN
         self.buffer_limit = settings.CHANNEL_SEND_BUFFER
         self.codec = hub._codec
@@ -154,6 +159,7 @@ class RedisLink:
         # decoding its own JSON again.
         self._inflight: dict[int, list[Message]] = {}
         self._read_position: tuple[int, int] | None = None
+        self.position: bytes | None = resume  # of the last entry read (or where to start)
         self._last_id: tuple[int, int] | None = None  # of the newest entry appended
         self._writing = False  # the writer holds messages taken from the outbox
         self._started = time.time()
@@ -326,6 +332,10 @@ class RedisLink:
                             self._outbox.extendleft(reversed([*messages, *tokens]))
                             return
                         self._announce("writer", True)
+                        try:
+                            client.set(self.epoch_key, os.urandom(8).hex(), nx=True)
+                        except redis.RedisError:
+                            pass  # the XADD below fails too, and is retried
                     try:
                         entry_id = client.xadd(self.stream, entry, maxlen=self.maxlen, approximate=True)
                         break
@@ -388,6 +398,8 @@ class RedisLink:
         With the count of entries read since, that tells exactly how many
         unread entries a trim removed (Redis 7.0 does not record it).
         """
+        client.set(self.epoch_key, os.urandom(8).hex(), nx=True)
+        self._epoch = client.get(self.epoch_key)
         info = self._stream_info(client)
         if info is None:
             self._base = 0
@@ -398,6 +410,13 @@ class RedisLink:
 
     def _check_stream(self, client: Redis, position: bytes) -> bytes:
         """Detect a stream that was reset, or trimmed past ``position``."""
+        client.set(self.epoch_key, os.urandom(8).hex(), nx=True)
+        epoch = client.get(self.epoch_key)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._gap("reset", "the stream was reset (Redis restarted without persistence, or was flushed)")
+            self._base = self._entries_read = 0
+            return b"0-0"
         info = self._stream_info(client)
         if info is None:
             if self._base or self._entries_read:
@@ -435,7 +454,8 @@ class RedisLink:
         redis = _import_redis()
         backoff = _Backoff()
         dedup = Deduplicator()
-        position: bytes | None = None
+        position: bytes | None = self.position
+        placed = False
         client: Redis | None = None
         checked = heartbeat = 0.0
         while not self._stopping.is_set():
@@ -444,9 +464,11 @@ class RedisLink:
                 if client is None:
                     return
                 try:
-                    if position is None:
-                        position = self._start_position(client)
+                    if position is None or not placed:
+                        if position is None:
+                            position = self._start_position(client)
                         self._place(client, position)
+                        placed = True
                     else:
                         position = self._check_stream(client, position)
                 except redis.RedisError as exc:
@@ -476,7 +498,7 @@ class RedisLink:
             entries = reply[0][1] if reply else []
             if entries:
                 self._entries_read += len(entries)
-                position = entries[-1][0]
+                position = self.position = entries[-1][0]
                 self._deliver(entries, dedup)
                 self._read_position = _parse_id(position)
             lost = dedup.overdue()
@@ -501,7 +523,7 @@ class RedisLink:
                 messages = inflight.pop(first, None) if publisher == own else None
                 if messages is None or len(messages) != count:
                     messages = self.codec.decode_body(body, count)
-            except BadEntry as exc:
+            except Exception as exc:  # BadEntry, or anything a hostile entry provokes
                 counters["rejected"] += 1
                 logger.warning("dropped stream entry %r of %s: %s", entry_id, self.stream, exc)
                 continue
@@ -550,7 +572,7 @@ class RedisBroker(MessageBroker):
         if hub._codec is None:
             raise BrokerUnavailableError(0, 0) from None  # pragma: no cover - needs CHANNEL_BROKER_URL
         if hub._network is None:
-            hub._network = RedisLink(hub)
+            hub._network = RedisLink(hub, resume=getattr(hub, "_network_resume", None))
             hub._network.start()
 
     def on_stop(self) -> None:
