@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -195,3 +197,37 @@ def assert_common_order(
         f"no single order is consistent with what the subscriptions received: "
         f"{len(stuck)} messages are in a cycle; disagreeing pairs include {conflicts}"
     )
+
+
+class Watched:
+    """A handler that records (sender, number), counts calls, and catches overlaps.
+
+    ``in_flight`` is taken without blocking: if a second thread enters while
+    a call is running, the overlap is recorded. With ``rng``, a call now and
+    then sleeps a little (up to ``longest`` seconds, with probability
+    ``chance``) to jitter the interleaving.
+    """
+
+    def __init__(self, rng: random.Random | None = None, chance: float = 0.02, longest: float = 0.0005) -> None:
+        self.received: list[tuple[int, int]] = []
+        self.ids: list[str] = []
+        self.calls = 0
+        self.overlaps = 0
+        self._in_flight = threading.Lock()
+        self._rng = rng
+        self._chance = chance
+        self._longest = longest
+
+    def __call__(self, message: Message) -> None:
+        if not self._in_flight.acquire(blocking=False):
+            self.overlaps += 1
+            return
+        try:
+            self.calls += 1
+            if "s" in message.data:
+                self.received.append((message.data["s"], message.data["n"]))
+                self.ids.append(message.id)
+            if self._rng is not None and self._rng.random() < self._chance:
+                time.sleep(self._rng.random() * self._longest)
+        finally:
+            self._in_flight.release()

@@ -5,44 +5,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from support import TIMEOUT, HubFactory, Recorder, assert_common_order
+from support import TIMEOUT, HubFactory, Recorder, Watched, assert_common_order
 from tidings import Channel, Hub, Message
 from tidings._topics import topics_match
-
-
-class Watched:
-    """A handler that records (sender, number) and fails on concurrent calls.
-
-    ``in_flight`` is taken without blocking: if a second thread enters while
-    a call is running, the overlap is recorded.
-    """
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self.received: list[tuple[int, int]] = []
-        self.ids: list[str] = []
-        self.overlaps = 0
-        self._in_flight = threading.Lock()
-        self._rng = rng
-
-    def __call__(self, message: Message) -> None:
-        if not self._in_flight.acquire(blocking=False):
-            self.overlaps += 1
-            return
-        try:
-            if "s" in message.data:
-                self.received.append((message.data["s"], message.data["n"]))
-                self.ids.append(message.id)
-            if self._rng is not None and self._rng.random() < 0.02:
-                time.sleep(self._rng.random() / 2000)  # jitter the interleaving
-        finally:
-            self._in_flight.release()
-
 
 SUBSCRIBED = [
     "news.sport",

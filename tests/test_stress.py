@@ -20,45 +20,18 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support import TIMEOUT, WORKER_TIMEOUT, HubFactory, Recorder, assert_common_order, examples
-from tidings import SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, Channel, Hub, Message, Settings
+from support import TIMEOUT, WORKER_TIMEOUT, HubFactory, Recorder, Watched, assert_common_order, examples
+from tidings import SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, Channel, Hub, Settings
 from tidings._topics import topics_match
 
 SUBSCRIBED = ["a.b", "a.c", "a.*", "*.b", "*", "a.[bc]", "b.?", "b.x", "c", "c.*", "?.b", "*x*", "tidings.*"]
 SENT = ["a.b", "a.c", "b.x", "b.y", "c", "c.d", "a.*", "*.x", "c*", "x", "a.b", "b.x", "*"]
-
-
-class Handler:
-    """Records what one subscription got; counts overlapping calls; jitters."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.received: list[tuple[int, int]] = []
-        self.ids: list[str] = []
-        self.calls = 0
-        self.overlaps = 0
-        self._in_flight = threading.Lock()
-        self._rng = rng
-
-    def __call__(self, message: Message) -> None:
-        if not self._in_flight.acquire(blocking=False):
-            self.overlaps += 1
-            return
-        try:
-            self.calls += 1
-            if "s" in message.data:
-                self.received.append((message.data["s"], message.data["n"]))
-                self.ids.append(message.id)
-            if self._rng.random() < 0.003:
-                time.sleep(self._rng.random() / 1000)
-        finally:
-            self._in_flight.release()
 
 
 @dataclass
@@ -72,7 +45,7 @@ class Sent:
 @dataclass
 class Sub:
     topic: str
-    handler: Handler
+    handler: Watched
     before_subscribe: int
     after_subscribe: int
     channel: Channel
@@ -89,7 +62,7 @@ def run_churn(hub: Hub, seed: int, threads: int, operations: int, stable: int) -
     lock = threading.Lock()
 
     def subscribe(topic: str, rng: random.Random, label: str) -> Sub:
-        handler = Handler(random.Random(rng.random()))
+        handler = Watched(random.Random(rng.random()), chance=0.003, longest=0.001)
         before = next(clock)
         channel = Channel(topic, handler, hub=hub)
         after = next(clock)
