@@ -129,6 +129,39 @@ def test_garbage_entries_are_dropped_counted_and_logged(
     assert not [r for r in caplog.records if "crashed" in r.getMessage()]
 
 
+NOT_JSON = [
+    ("NaN in data", b'[["news",{"x":NaN},"tok",1,1.0,null,false]]'),
+    ("Infinity in data", b'[["news",{"x":[Infinity]},"tok",1,1.0,null,false]]'),
+    ("-Infinity as time", b'[["news",{},"tok",1,-Infinity,null,false]]'),
+]
+
+
+def test_non_standard_json_in_an_entry_is_garbage(
+    redis_url: str, namespace: str, make_redis_hub: RedisHubFactory
+) -> None:
+    """NaN and Infinity are not JSON: send() refuses them, so an entry holding them is not tidings'.
+
+    Python's json.loads accepts them by default; a reader that does would
+    hand handlers values no send() can produce.
+    """
+    hub = make_redis_hub(redis_url)
+    recorder = Recorder()
+    Channel("news", recorder, hub=hub)
+    channel = Channel("news", hub=hub)
+    channel.send({"n": 0})
+    assert hub.join(TIMEOUT)
+    raw = RawRedis(redis_url)
+    try:
+        for _name, body in NOT_JSON:
+            raw.xadd(f"{namespace}:stream", entry(body))
+    finally:
+        raw.close()
+    channel.send({"n": 1})
+    assert hub.join(TIMEOUT)
+    assert recorder.data == [{"n": 0}, {"n": 1}], "an entry with NaN or Infinity was delivered"
+    assert hub.stats()["broker_rejected"] == len(NOT_JSON)
+
+
 HOSTILE: list[tuple[str, dict[bytes, bytes]]] = [
     # json.loads raises RecursionError (not ValueError) on deep nesting.
     ("deeply nested JSON", entry(b"[" * 100_000 + b"]" * 100_000)),
