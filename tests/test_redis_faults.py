@@ -85,6 +85,7 @@ def test_killed_connections_lose_and_double_nothing(
     assert kills["writer"] >= 3, kills
     assert_exactly(mine, [*range(total), "end"], "the sender's own subscription")
     assert_exactly(theirs, [*range(total), "end"], "the other hub's subscription")
+    assert sender.join(TIMEOUT)  # the announcements made so far have been handled
     for topic in (DISCONNECTED_TOPIC, RECONNECTED_TOPIC):
         for role in ("reader", "writer"):
             assert internal(events.messages, topic, role), f"no {topic} message for the {role}"
@@ -167,6 +168,7 @@ def test_a_restart_with_persistence_loses_and_doubles_nothing(
 
     assert_exactly(mine, [*range(total), "end"], "the sender's own subscription")
     assert_exactly(theirs, [*range(total), "end"], "the other hub's subscription")
+    assert sender.join(TIMEOUT)  # the announcements made so far have been handled
     for role in ("writer", "reader"):
         assert internal(events.messages, RECONNECTED_TOPIC, role), f"no reconnected message for the {role}"
     for hub in (sender, listener):

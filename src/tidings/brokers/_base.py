@@ -49,6 +49,11 @@ class BadEntry(ValueError):
     """An entry that is not a well-formed, correctly signed tidings entry."""
 
 
+def _refuse_constant(name: str) -> object:
+    # json.loads accepts NaN and Infinity, which send() never writes.
+    raise BadEntry(f"{name} is not JSON")
+
+
 def _check_json(value: object, path: str, depth: int = 0) -> None:
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
@@ -148,7 +153,7 @@ class Codec:
     def decode_body(self, body: bytes, count: int) -> list[Message]:
         """The messages of an entry's body; BadEntry if anything is off."""
         try:
-            raw = json.loads(body)
+            raw = json.loads(body, parse_constant=_refuse_constant)
             if not isinstance(raw, list) or len(raw) != count:
                 raise BadEntry("the body does not hold the number of messages the header says")
             return [self._message(item) for item in raw]
