@@ -19,6 +19,7 @@ guarantee):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import operator
@@ -265,7 +266,7 @@ class Hub:
         # With a thread still running (a handler that would not return) the
         # broker lock may never come free: drop without it, and again once
         # a later stop() sees the thread end.
-        with self._broker_lock if ended else _nullcontext():
+        with self._broker_lock if ended else contextlib.nullcontext():
             self._discard_everything()
         if ended:
             self._stopped_event.set()
@@ -612,14 +613,6 @@ class Hub:
                 for worker in workers:
                     worker.on_start()
                 self._start_threads(workers)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 # -- fork handling for every hub -----------------------------------------

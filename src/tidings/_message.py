@@ -116,12 +116,3 @@ class Message:
 
 
 _new_message = object.__new__
-
-
-def delivery_copy(origin: Message) -> Message:
-    """The copy one handler call receives: its own ``data`` dict."""
-    copy: Message = _new_message(Message)
-    copy.topic = origin.topic
-    copy.data = origin.data.copy()
-    copy._origin = origin
-    return copy

@@ -17,10 +17,9 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._workers import Worker
 
-__all__ = ["ErrorHandler", "Handler", "JoinToken", "Subscription"]
+__all__ = ["Handler", "JoinToken", "Subscription"]
 
 Handler = Callable[["Message"], Any]
-ErrorHandler = Callable[[BaseException, "Message", "Channel"], Any]
 
 
 class Subscription:
