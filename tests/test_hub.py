@@ -447,6 +447,8 @@ def test_stats_add_up(make_hub: HubFactory) -> None:
         "dropped_expired": 0,
         "dropped_shutdown": 0,
         "dropped_unsubscribed": 0,
+        "dropped_overflow": 0,
+        "ended_loop_closed": 0,
         "handler_errors": 0,
         "pending": 0,
         "subscriptions": 0,

@@ -19,14 +19,31 @@ Topics are strings; ``*``, ``?`` and ``[...]`` are wildcards (those of
 from __future__ import annotations
 
 from ._channel import Channel
-from ._exceptions import BrokerUnavailableError, ConfigurationError, HubClosedError, TidingsError
+from ._exceptions import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    HubClosedError,
+    InboxClosedError,
+    SlowConsumerError,
+    TidingsError,
+)
 from ._hub import SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, Hub, configure, default_hub
+from ._inbox import Inbox, subscribe
 from ._message import Message
 from ._scope import Scope
 from ._settings import Settings
 from ._workers import MessageBroker, Task, TaskWorker, Worker
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # tidings.aio imports asyncio (~20 ms): loaded on first use, not with tidings.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module("tidings.aio")
+    raise AttributeError(f"module 'tidings' has no attribute {name!r}")
 
 __all__ = [
     "SUBSCRIBE_TOPIC",
@@ -36,10 +53,13 @@ __all__ = [
     "ConfigurationError",
     "Hub",
     "HubClosedError",
+    "Inbox",
+    "InboxClosedError",
     "Message",
     "MessageBroker",
     "Scope",
     "Settings",
+    "SlowConsumerError",
     "Task",
     "TaskWorker",
     "TidingsError",
@@ -47,4 +67,5 @@ __all__ = [
     "__version__",
     "configure",
     "default_hub",
+    "subscribe",
 ]

@@ -4,17 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._fork import ForkSafeLock
 from ._hub import Hub, default_hub
-from ._subscription import Handler, Subscription
+from ._subscription import Handler, Runner, Subscription
 from ._topics import check_topic
 
 if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
+
     from ._message import Message
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "is_async_callable"]
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def is_async_callable(obj: object) -> bool:
+    """Whether calling ``obj`` returns a coroutine: an ``async def`` function,
+    or a method, ``functools.partial`` or callable object wrapping one."""
+    while isinstance(obj, partial):
+        obj = obj.func
+    function = getattr(obj, "__func__", obj)  # a bound method
+    code = getattr(function, "__code__", None)
+    if code is None:
+        call = getattr(type(obj), "__call__", None)  # noqa: B004 (an instance with an async __call__)
+        code = getattr(getattr(call, "__func__", call), "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
 
 # Guards the subscribed/unsubscribed transition of every channel. One lock
 # for all keeps a channel small (100,000 of them are ordinary).
@@ -36,6 +55,10 @@ class Channel:
     (In a :class:`Scope`, the scope's ``on_error`` is called instead and the
     channel is unsubscribed.)
 
+    An ``async def`` handler runs on the event loop running where it
+    subscribed (or on ``loop``), awaited message after message with the same
+    guarantees; it ends, unsubscribed, when that loop shuts down.
+
         def on_message(message):
             print(message.topic, message.data)
 
@@ -47,7 +70,14 @@ class Channel:
 
     __slots__ = ("__weakref__", "_hub", "_on_error", "_subscription", "_topic")
 
-    def __init__(self, topic: str, handler: Handler | None = None, *, hub: Hub | None = None) -> None:
+    def __init__(
+        self,
+        topic: str,
+        handler: Handler | None = None,
+        *,
+        hub: Hub | None = None,
+        loop: AbstractEventLoop | None = None,
+    ) -> None:
         check_topic(topic)
         if hub is not None and not isinstance(hub, Hub):
             raise TypeError(f"hub must be a tidings.Hub, not {type(hub).__name__}")
@@ -56,7 +86,9 @@ class Channel:
         self._subscription: Subscription | None = None
         self._on_error: Callable[[BaseException, Message], None] | None = None
         if handler is not None:
-            self.subscribe(handler)
+            self.subscribe(handler, loop=loop)
+        elif loop is not None:
+            raise TypeError("loop= is for async handlers; no handler was given")
 
     @property
     def topic(self) -> str:
@@ -76,22 +108,49 @@ class Channel:
     def subscribed(self) -> bool:
         return self._subscription is not None
 
-    def subscribe(self, handler: Handler) -> None:
+    def subscribe(self, handler: Handler, *, loop: AbstractEventLoop | None = None) -> None:
         """Subscribe ``handler`` to this channel's topic.
 
         Messages sent after ``subscribe`` returns reach it; earlier ones do
-        not. Raises RuntimeError if the channel is already subscribed, and
+        not. An ``async def`` handler runs on ``loop``, by default the event
+        loop running in this thread (RuntimeError if there is none). Raises
+        RuntimeError if the channel is already subscribed, and
         :class:`HubClosedError` if its hub has stopped.
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        runner: Runner | None = None
+        if is_async_callable(handler):
+            from ._asyncio import runner_for
+
+            runner = runner_for(self._hub, loop)
+        elif loop is not None:
+            raise TypeError(f"loop= is for async handlers; {handler!r} is not an async def function")
+        self._attach(handler, runner)
+
+    def _attach(self, handler: Handler, runner: Runner | None) -> Subscription:
         with _transition:
             if self._subscription is not None:
                 raise RuntimeError(f"channel {self._topic!r} is already subscribed")
-            sub = Subscription(self, self._topic, handler, self._on_error)
-            self._hub._subscribe(sub)
+            sub = Subscription(self, self._topic, handler, self._on_error, runner)
+            if runner is not None:
+                runner.add(sub)
+            try:
+                self._hub._subscribe(sub)
+            except BaseException:
+                if runner is not None:
+                    runner.discard(sub)
+                raise
             self._subscription = sub
             self._hub._subscription_count += 1
+        return sub
+
+    def _end(self, sub: Subscription) -> None:
+        """Unsubscribe, if ``sub`` is still this channel's subscription; never waits."""
+        with _transition:
+            if self._subscription is not sub:
+                return
+        self.unsubscribe(wait=False)
 
     def unsubscribe(self, *, wait: bool = True) -> None:
         """End the subscription; a no-op when not subscribed.
@@ -111,6 +170,9 @@ class Channel:
             self._subscription = None
             sub.active = False
             self._hub._subscription_count -= 1
+        runner = sub.runner
+        if runner is not None:
+            runner.discard(sub)
         self._hub._unsubscribe(sub, wait)
 
     def send(

@@ -7,7 +7,9 @@ bad arguments additionally derive from the built-in ``TypeError`` or
     TidingsError
     ├── ConfigurationError (+ ValueError)   a setting has a bad value
     ├── HubClosedError (+ RuntimeError)     the hub was stopped; nothing more is accepted
-    └── BrokerUnavailableError              the network broker's send buffer is full
+    ├── BrokerUnavailableError              the network broker's send buffer is full
+    └── InboxClosedError (+ RuntimeError)   an inbox has ended and has nothing left to give
+        └── SlowConsumerError               ... because its consumer fell max_pending behind
 
 Topic and data validation raise plain ``TypeError``/``ValueError`` from the
 call that was given the bad value.
@@ -15,7 +17,14 @@ call that was given the bad value.
 
 from __future__ import annotations
 
-__all__ = ["BrokerUnavailableError", "ConfigurationError", "HubClosedError", "TidingsError"]
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "HubClosedError",
+    "InboxClosedError",
+    "SlowConsumerError",
+    "TidingsError",
+]
 
 
 class TidingsError(Exception):
@@ -57,4 +66,35 @@ class BrokerUnavailableError(TidingsError):
         super().__init__(
             f"the network broker is unavailable and {buffered} messages are waiting "
             f"(CHANNEL_SEND_BUFFER={limit}); this message was not accepted"
+        )
+
+
+class InboxClosedError(TidingsError, RuntimeError):
+    """An inbox (``tidings.subscribe``) has ended and holds no more messages.
+
+    ``reason`` says why: ``"closed"`` (by its owner), ``"hub stopped"``,
+    ``"loop closed"`` or ``"slow consumer"``.
+    """
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"the inbox for {topic!r} has ended: {reason}")
+
+
+class SlowConsumerError(InboxClosedError):
+    """An inbox with ``overflow="error"`` had no room for a message and ended.
+
+    Raised by the consumer's next ``get()`` (and its iteration). ``dropped``
+    counts the messages it lost: the one that did not fit and those still
+    waiting in it.
+    """
+
+    def __init__(self, topic: str, max_pending: int, dropped: int) -> None:
+        self.max_pending = max_pending
+        self.dropped = dropped
+        super().__init__(topic, "slow consumer")
+        self.args = (
+            f"the inbox for {topic!r} ended: its consumer fell {max_pending} messages behind "
+            f"(max_pending) and {dropped} messages were dropped",
         )

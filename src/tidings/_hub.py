@@ -39,6 +39,8 @@ from ._subscription import JoinToken, Subscription
 from ._topics import TopicIndex
 
 if TYPE_CHECKING:
+    from ._asyncio import LoopRunner
+    from ._inbox import InboxCore
     from ._workers import Worker
     from .brokers._base import Codec
 
@@ -120,6 +122,13 @@ class Hub:
 
             self._codec = Codec(self.settings.CHANNEL_MAX_MESSAGE_BYTES, self.settings.CHANNEL_BROKER_SECRET)
         self._subscription_count = 0  # changed under the channels' transition lock
+        # The asyncio bridge: a LoopRunner per event loop with async
+        # handlers, every runner ever made (for stats), and the open inboxes
+        # of tidings.subscribe(); all guarded by _runners_lock.
+        self._runners_lock = threading.Lock()
+        self._runners: dict[Any, LoopRunner] = {}
+        self._all_runners: list[LoopRunner] = []
+        self._inboxes: set[InboxCore] = set()
         self._reset_runtime()
         _hubs.add(self)
 
@@ -222,6 +231,8 @@ class Hub:
         """
         if self._on_own_worker():
             raise RuntimeError("Hub.stop() cannot be called from a handler of the same hub")
+        if drain:
+            self._check_not_on_handler_loop("stop")
         timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._state_lock:
@@ -230,6 +241,7 @@ class Hub:
                 self._state = _STOPPED
                 self._discard_everything()
                 self._stopped_event.set()
+                self._wake_inboxes()
                 return True
             if state == _STOPPING:
                 return self._stopped_event.wait(timeout)
@@ -248,6 +260,7 @@ class Hub:
             self._normal = False
             self._wake_all()
             self._state = _STOPPED
+            self._wake_inboxes()
             if not drained:
                 deadline = time.monotonic() if deadline is None else deadline
         return self._finish_stop(deadline) and drained
@@ -284,6 +297,12 @@ class Hub:
             with self._broker_lock:
                 if not self._queue and not self._busy:
                     return True
+
+    def _wake_inboxes(self) -> None:
+        with self._runners_lock:
+            inboxes = list(self._inboxes)
+        for inbox in inboxes:
+            inbox._hub_stopped()
 
     def _wake_all(self) -> None:
         self._broker_wakeup.set()
@@ -324,6 +343,41 @@ class Hub:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    async def __aenter__(self) -> Hub:
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.astop()
+
+    async def astop(self, timeout: float | None = None, drain: bool = True) -> bool:
+        """The async twin of :meth:`stop`: the event loop runs on meanwhile.
+
+        Async handlers on this loop go on running while the hub drains, so
+        use this (or ``async with hub``) rather than ``stop()`` in async code.
+        """
+        import asyncio
+
+        from ._asyncio import running_loop
+
+        timeout = _check_timeout(timeout)
+        runner = self._runners.get(running_loop())
+        if runner is not None and runner.in_handler():
+            raise RuntimeError("Hub.astop() cannot be awaited in a handler of the same hub")
+        return await asyncio.get_running_loop().run_in_executor(None, self.stop, timeout, drain)
+
+    def _check_not_on_handler_loop(self, method: str) -> None:
+        """Refuse to block the event loop this hub's async handlers need."""
+        if not self._runners:
+            return
+        from ._asyncio import running_loop
+
+        loop = running_loop()
+        if loop is not None and loop in self._runners:
+            raise RuntimeError(
+                f"Hub.{method}() would block the event loop that runs this hub's async handlers "
+                f"(and wait for them forever); use await hub.a{method}() in async code"
+            )
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every message sent before this call has been handled.
 
@@ -338,12 +392,55 @@ class Hub:
             raise RuntimeError(f"{self.name} has not been started; call start() first")
         if self._on_own_worker():
             raise RuntimeError("Hub.join() cannot be called from a handler of the same hub")
+        self._check_not_on_handler_loop("join")
         return self._join(timeout)
 
-    def _join(self, timeout: float | None) -> bool:
-        if self._state == _STOPPED:
+    async def ajoin(self, timeout: float | None = None) -> bool:
+        """The async twin of :meth:`join`: waits without blocking the event loop.
+
+        Returns False if ``timeout`` seconds passed first. Cannot be awaited
+        in an async handler of this hub (that handler's own turn would be
+        waited for).
+        """
+        import asyncio
+
+        timeout = _check_timeout(timeout)
+        if self._state == _NEW:
+            raise RuntimeError(f"{self.name} has not been started; call start() first")
+        if self._on_own_worker():
+            raise RuntimeError("Hub.ajoin() cannot be awaited in a handler of the same hub")
+        loop = asyncio.get_running_loop()
+        runner = self._runners.get(loop)
+        if runner is not None and runner.in_handler():
+            raise RuntimeError("Hub.ajoin() cannot be awaited in a handler of the same hub")
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        def fired() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(resolve)
+
+        if not self._queue_join_token(JoinToken(fired)):
             return True
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _join(self, timeout: float | None) -> bool:
         token = JoinToken()
+        if not self._queue_join_token(token):
+            return True
+        return token.wait(timeout)
+
+    def _queue_join_token(self, token: JoinToken) -> bool:
+        """Send ``token`` through the stages; False when the hub has stopped."""
+        if self._state == _STOPPED:
+            return False
         item = (self._place_join_token, token)
         self._queue.append(item)
         self._wake_broker()
@@ -355,8 +452,8 @@ class Hub:
             except ValueError:
                 pass
             else:
-                return True
-        return token.wait(timeout)
+                return False
+        return True
 
     # -- what the broker stage applies, in queue order -----------------------
 
@@ -418,20 +515,38 @@ class Hub:
             self._schedule(touched)
 
     def _schedule(self, subs: Iterable[Subscription]) -> None:
-        """Put subscriptions with new mail on the ready queue (once each)."""
+        """Put subscriptions with new mail on the ready queue (once each).
+
+        Those with a runner of their own (async handlers, inboxes) are
+        handed to it instead, after the ready lock is released.
+        """
         ready = self._ready
         busy = self._busy
+        elsewhere: list[Subscription] | None = None
         with self._ready_cond:
             added = 0
             for sub in subs:
-                if not sub.scheduled:
+                if sub.scheduled:
+                    continue
+                runner = sub.runner
+                if runner is None:
                     sub.scheduled = True
                     busy.add(sub)
                     ready.append(sub)
                     added += 1
+                    continue
+                if runner.tracked:
+                    sub.scheduled = True
+                    busy.add(sub)
+                if elsewhere is None:
+                    elsewhere = []
+                elsewhere.append(sub)
             idle = self._idle_task_workers
             if idle and added:
                 self._ready_cond.notify(min(idle, added))
+        if elsewhere is not None:
+            for sub in elsewhere:
+                sub.runner.schedule(sub)  # type: ignore[union-attr]
 
     # -- the sending side --------------------------------------------------
 
@@ -519,15 +634,26 @@ class Hub:
         - ``dropped_shutdown``: deliveries dropped when the hub stopped
         - ``dropped_unsubscribed``: deliveries skipped because the subscription ended first
         - ``handler_errors``: handler calls that raised
-        - ``pending``: messages not yet routed plus deliveries not yet made
+        - ``dropped_overflow``: messages an inbox (``tidings.subscribe``) had
+          no room for, by its overflow policy
+        - ``ended_loop_closed``: async subscriptions ended because their
+          event loop shut down
+        - ``pending``: messages not yet routed, deliveries not yet made, and
+          messages waiting in inboxes
         - ``subscriptions``: subscriptions in the index
         """
-        counts = dict.fromkeys(("delivered", "dropped_expired", "dropped_unsubscribed", "handler_errors"), 0)
-        for source in (self._retired, *[w._counters for w in self._workers]):
+        keys = ("delivered", "dropped_expired", "dropped_unsubscribed", "handler_errors")
+        counts = dict.fromkeys((*keys, "dropped_shutdown", "dropped_overflow", "ended_loop_closed"), 0)
+        counts["dropped_shutdown"] = self._shutdown_drops
+        with self._runners_lock:
+            sources = [self._retired, *[r._counters for r in self._all_runners]]
+            sources += [inbox.counters for inbox in self._inboxes]
+            buffered = sum(len(inbox.mailbox) for inbox in self._inboxes)
+        sources += [w._counters for w in self._workers]
+        for source in sources:
             for key, value in source.items():
                 if key in counts:
                     counts[key] += value
-        counts["dropped_shutdown"] = self._shutdown_drops + sum(w._counters["dropped_shutdown"] for w in self._workers)
         in_hand = sum(operator.length_hint(w._in_hand) for w in self._workers)
         with self._broker_lock:
             with self._ready_lock:
@@ -538,12 +664,16 @@ class Hub:
         stats = {
             "sent": sent,
             **counts,
-            "pending": len(self._queue) + mailboxes + in_hand,
+            "pending": len(self._queue) + mailboxes + in_hand + buffered,
             "subscriptions": subscriptions,
         }
         if self._network is not None:
             stats.update(self._network.stats())
         return stats
+
+    def _handler_failed(self, sub: Subscription, message: Message, exc: BaseException) -> None:
+        """A handler without an error handler raised: log it (tests override this)."""
+        logger.error("handler %r of channel %r raised on %r", sub.handler, sub.topic, message, exc_info=exc)
 
     def topics(self) -> list[str]:
         """The distinct topics that have subscriptions."""

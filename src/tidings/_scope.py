@@ -11,6 +11,8 @@ from ._fork import ForkSafeLock
 from ._hub import Hub, default_hub
 
 if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
+
     from ._message import Message
     from ._subscription import Handler
 
@@ -62,29 +64,33 @@ class Scope:
         with _scopes_lock:
             return list(self._channels)
 
-    def subscribe(self, topic: str, handler: Handler) -> Channel:
-        """Subscribe ``handler`` to ``topic`` within this scope."""
+    def subscribe(self, topic: str, handler: Handler, *, loop: AbstractEventLoop | None = None) -> Channel:
+        """Subscribe ``handler`` to ``topic`` within this scope.
+
+        An ``async def`` handler runs on ``loop`` (default: the running
+        loop), as with :class:`Channel`; so does an async ``on_error`` for it.
+        """
         channel = Channel(topic, hub=self._hub)
 
-        def failed(exc: BaseException, message: Message) -> None:
-            self._handler_failed(channel, exc, message)
+        def failed(exc: BaseException, message: Message) -> Any:
+            return self._handler_failed(channel, exc, message)
 
         channel._on_error = failed
         with _scopes_lock:
             if self._closed:
                 raise RuntimeError("the scope is closed")
-            channel.subscribe(handler)
+            channel.subscribe(handler, loop=loop)
             self._channels[channel] = None
         return channel
 
-    def _handler_failed(self, channel: Channel, exc: BaseException, message: Message) -> None:
+    def _handler_failed(self, channel: Channel, exc: BaseException, message: Message) -> Any:
         channel.unsubscribe()
         with _scopes_lock:
             self._channels.pop(channel, None)
         if self._on_error is None:
             logger.error("handler of channel %r raised on %r; unsubscribed it", channel.topic, message, exc_info=exc)
-            return
-        self._on_error(exc, message, channel)
+            return None
+        return self._on_error(exc, message, channel)
 
     def close(self) -> None:
         """Unsubscribe every channel of the scope. Idempotent."""

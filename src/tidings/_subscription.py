@@ -10,16 +10,36 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ._asyncio import LoopRunner
     from ._channel import Channel
     from ._message import Message
     from ._workers import Worker
 
-__all__ = ["Handler", "JoinToken", "Subscription"]
+__all__ = ["Handler", "JoinToken", "Runner", "Subscription"]
 
 Handler = Callable[["Message"], Any]
+
+
+class Runner(Protocol):
+    """What takes a subscription's mail instead of the task-worker threads.
+
+    ``tracked``: whether the subscription is marked scheduled (and so in the
+    hub's busy set, waited for by ``join()``) while it has mail.
+    ``schedule(sub)`` is called by the broker stage after it appended to
+    the subscription's mailbox; ``add`` and ``discard`` when the
+    subscription begins and ends.
+    """
+
+    tracked: bool
+
+    def schedule(self, sub: Subscription) -> None: ...
+
+    def add(self, sub: Subscription) -> None: ...
+
+    def discard(self, sub: Subscription) -> None: ...
 
 
 class Subscription:
@@ -36,9 +56,13 @@ class Subscription:
       it is False.
     - ``live``: set by the broker stage when the subscription enters the
       index; messages routed before that are not for it.
-    - ``running_on``: the worker running it, None when idle, so that
-      ``unsubscribe()`` from outside a handler can wait for a call in
-      progress.
+    - ``running_on``: the worker (or loop runner) running it, None when
+      idle, so that ``unsubscribe()`` from outside a handler can wait for a
+      call in progress.
+    - ``runner``: None for a handler run by the task-worker threads;
+      otherwise what takes its mail instead: a
+      :class:`~tidings._asyncio.LoopRunner` for an async handler, an inbox
+      for ``tidings.subscribe()``.
     """
 
     __slots__ = (
@@ -48,6 +72,7 @@ class Subscription:
         "live",
         "mailbox",
         "on_error",
+        "runner",
         "running_on",
         "scheduled",
         "since",
@@ -59,7 +84,8 @@ class Subscription:
         channel: Channel,
         topic: str,
         handler: Handler,
-        on_error: Callable[[BaseException, Message], None] | None,
+        on_error: Callable[[BaseException, Message], Any] | None,
+        runner: Runner | None = None,
     ) -> None:
         self.channel = channel
         self.topic = topic
@@ -69,7 +95,8 @@ class Subscription:
         self.scheduled = False
         self.active = True
         self.live = False
-        self.running_on: Worker | None = None
+        self.running_on: Worker | LoopRunner | None = None
+        self.runner = runner
         self.since = 0  # the hub's message number when it subscribed
 
     def __repr__(self) -> str:
@@ -84,12 +111,13 @@ class JoinToken:
     subscription; it fires when every copy has been reached by a worker.
     """
 
-    __slots__ = ("_event", "_lock", "_remaining")
+    __slots__ = ("_callback", "_event", "_lock", "_remaining")
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Callable[[], object] | None = None) -> None:
         self._lock = threading.Lock()
         self._remaining = 1
         self._event = threading.Event()
+        self._callback = callback  # called once, when it fires (ajoin wakes its loop)
 
     def add(self, count: int) -> None:
         with self._lock:
@@ -101,6 +129,8 @@ class JoinToken:
             if self._remaining:
                 return
         self._event.set()
+        if self._callback is not None:
+            self._callback()
 
     def wait(self, timeout: float | None) -> bool:
         return self._event.wait(timeout)

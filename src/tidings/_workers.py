@@ -295,7 +295,9 @@ class Worker:
                 message.data = item.data.copy()
                 message._origin = item
                 try:
-                    handler(message)
+                    result = handler(message)
+                    if result is not None and hasattr(result, "__await__"):
+                        _refuse_awaitable(result)
                 except BaseException as exc:  # a handler must not end a worker thread
                     self._counters["handler_errors"] += 1
                     _report(sub, message, exc)
@@ -372,13 +374,26 @@ class Worker:
                     item.done()
 
 
+def _refuse_awaitable(result: object) -> None:
+    """A handler run on a thread returned an awaitable that nothing would await."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()  # no "never awaited" warning on top of this error
+    raise TypeError(
+        f"the handler returned {type(result).__name__} {result!r}, which a task-worker thread cannot "
+        "await; subscribe an async def handler directly (it then runs on your event loop)"
+    )
+
+
 def _report(sub: Subscription, message: Message, exc: BaseException) -> None:
     on_error = sub.on_error
     if on_error is None:
-        logger.error("handler %r of channel %r raised on %r", sub.handler, sub.topic, message, exc_info=exc)
+        sub.channel._hub._handler_failed(sub, message, exc)
         return
     try:
-        on_error(exc, message)
+        result = on_error(exc, message)
+        if result is not None and hasattr(result, "__await__"):
+            _refuse_awaitable(result)
     except BaseException:  # the error handler must not end a worker thread either
         logger.exception("the error handler of channel %r raised", sub.topic)
 

@@ -1,0 +1,303 @@
+"""The asyncio bridge: async handlers run on the event loop they subscribed from.
+
+A :class:`LoopRunner` stands in for the task-worker threads for one event
+loop: the broker stage hands it subscriptions with new mail (one
+``call_soon_threadsafe`` per burst, not per message), and it runs each one's
+turn as an asyncio task that awaits the handler for each message in order.
+A subscription's next turn starts only after the previous one has finished,
+so an async handler, like a sync one, never runs twice at once; a slow one
+holds up only its own subscription.
+
+This module imports asyncio; ``import tidings`` does not import it, so the
+cost is paid only by programs that subscribe an async handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ._message import Message, _new_message
+from ._subscription import Subscription
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["LoopRunner", "runner_for"]
+
+logger = logging.getLogger("tidings")
+
+_monotonic = time.monotonic
+
+# Handler calls one turn makes before letting the loop run other tasks.
+TURN = 64
+
+COUNTERS = ("delivered", "dropped_expired", "dropped_unsubscribed", "dropped_shutdown", "handler_errors")
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    return asyncio._get_running_loop()
+
+
+def runner_for(hub: Hub, loop: asyncio.AbstractEventLoop | None) -> LoopRunner:
+    """The hub's runner for ``loop`` (default: the running loop), created on first use."""
+    if loop is None:
+        loop = running_loop()
+        if loop is None:
+            raise RuntimeError(
+                "an async handler runs on the event loop it subscribed from, and no event loop is "
+                "running in this thread: subscribe from async code, or pass loop="
+            )
+    elif not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
+    if loop.is_closed():
+        raise RuntimeError(f"cannot subscribe an async handler on a closed event loop ({loop!r})")
+    with hub._runners_lock:
+        runner = hub._runners.get(loop)
+        if runner is None or runner.closed:
+            runner = hub._runners[loop] = LoopRunner(hub, loop)
+            hub._all_runners.append(runner)
+            runner.start()
+        return runner
+
+
+class LoopRunner:
+    """Runs the async handlers of one hub that live on one event loop.
+
+    Takes the place of a task worker for them: it holds the same counters,
+    keeps the same ``scheduled``/``busy`` protocol (so ``join()`` and
+    ``stop()`` wait for async handlers too) and makes the same per-delivery
+    copy of each message.
+
+    When its loop shuts down (``asyncio.run`` cancels every task at the
+    end), its subscriptions end: they are unsubscribed and counted in
+    ``stats()["ended_loop_closed"]``. A loop closed without that is noticed
+    when the next message for it arrives.
+    """
+
+    tracked = True  # a subscription run here is in the hub's busy set while it has mail
+
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
+        self.loop = loop
+        self.closed = False
+        self._ready: list[Subscription] = []
+        self._woken = False
+        self._subs: set[Subscription] = set()
+        self._turns: set[asyncio.Task[None]] = set()  # running turns (also keeps them referenced)
+        self._watcher: asyncio.Task[None] | None = None
+        # unsubscribe() from another thread waits here for a call in progress.
+        self._done = threading.Condition(threading.Lock())
+        self._waiters = 0
+        # Written on the loop's thread only (and by _loop_closed once the loop is gone).
+        self._counters: dict[str, int] = dict.fromkeys((*COUNTERS, "ended_loop_closed"), 0)
+
+    def __repr__(self) -> str:
+        return f"<LoopRunner {self.hub.name} on {self.loop!r}>"
+
+    # -- set-up and shutdown ---------------------------------------------------
+
+    def start(self) -> None:
+        """Start the watcher task that notices the loop shutting down."""
+        if running_loop() is self.loop:
+            self._start_watcher()
+        else:
+            self._call_soon(self._start_watcher)
+
+    def _start_watcher(self) -> None:
+        if self.closed or self._watcher is not None:
+            return
+        self._watcher = self.loop.create_task(self._watch())
+        # A loop closed by hand (without cancelling its tasks) must not log
+        # "Task was destroyed but it is pending" for this internal task.
+        self._watcher._log_destroy_pending = False  # type: ignore[attr-defined]
+
+    async def _watch(self) -> None:
+        try:
+            await self.loop.create_future()
+        finally:
+            # Cancelled: the loop is shutting down (asyncio.run, Runner.close).
+            self._close()
+
+    def _call_soon(self, callback: Callable[[], Any]) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed
+            self._close()
+            return False
+        return True
+
+    def add(self, sub: Subscription) -> None:
+        with self.hub._runners_lock:
+            self._subs.add(sub)
+
+    def discard(self, sub: Subscription) -> None:
+        with self.hub._runners_lock:
+            self._subs.discard(sub)
+
+    def _close(self) -> None:
+        """The loop is going away: end every subscription that runs here."""
+        with self.hub._runners_lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.hub._runners.get(self.loop) is self:
+                del self.hub._runners[self.loop]
+            subs = list(self._subs)
+            self._subs.clear()
+        for sub in subs:
+            if sub.active:
+                self._counters["ended_loop_closed"] += 1
+                sub.channel._end(sub)
+            self._release(sub, final=True)
+        ready, self._ready = self._ready, []
+        for sub in ready:
+            self._release(sub, final=True)
+
+    # -- the broker side -------------------------------------------------------
+
+    def schedule(self, sub: Subscription) -> None:
+        """Hand ``sub`` (already marked scheduled and busy) to the loop."""
+        if self.closed:
+            self._release(sub, final=True)
+            return
+        self._ready.append(sub)
+        if not self._woken:
+            # One wake-up per burst: _run takes every subscription queued
+            # until it runs.
+            self._woken = True
+            self._call_soon(self._run)
+
+    # -- the loop side ---------------------------------------------------------
+
+    def _run(self) -> None:
+        self._woken = False  # first: a subscription added from now on wakes again
+        ready, self._ready = self._ready, []
+        create_task = self.loop.create_task
+        turns = self._turns
+        for sub in ready:
+            task = create_task(self._turn(sub))
+            turns.add(task)
+            task.add_done_callback(turns.discard)
+
+    def in_handler(self) -> bool:
+        """Whether the current task is running one of this runner's handlers."""
+        return asyncio.current_task(self.loop) in self._turns
+
+    async def _turn(self, sub: Subscription) -> None:
+        hub = self.hub
+        counters = self._counters
+        handler: Callable[[Message], Awaitable[Any]] = sub.handler
+        mailbox = sub.mailbox
+        assert mailbox is not None  # scheduled only with mail
+        calls = 0
+        try:
+            while True:
+                while mailbox:
+                    try:
+                        item = mailbox.popleft()
+                    except IndexError:  # stop() discarded it meanwhile
+                        break
+                    if not isinstance(item, Message):
+                        item.done()  # a join token
+                        continue
+                    if not (sub.active and hub._normal) and not self._may_deliver(item, sub):
+                        continue
+                    deadline = item._deadline
+                    if deadline is not None and _monotonic() >= deadline:
+                        item._drop()
+                        counters["dropped_expired"] += 1
+                        continue
+                    message = _new_message(Message)
+                    message.topic = item.topic
+                    message.data = item.data.copy()
+                    message._origin = item
+                    sub.running_on = self
+                    try:
+                        await handler(message)
+                    except asyncio.CancelledError as exc:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # this turn was cancelled: the loop is shutting down
+                        counters["handler_errors"] += 1
+                        await self._report(sub, message, exc)
+                    except BaseException as exc:  # a handler must not end the turn
+                        counters["handler_errors"] += 1
+                        await self._report(sub, message, exc)
+                    finally:
+                        sub.running_on = None
+                        if self._waiters:
+                            with self._done:
+                                self._done.notify_all()
+                    counters["delivered"] += 1
+                    calls += 1
+                    if calls >= TURN:
+                        calls = 0
+                        await asyncio.sleep(0)  # let the loop's other tasks run
+                with hub._ready_cond:
+                    if not mailbox:
+                        sub.scheduled = False
+                        hub._busy.discard(sub)
+                        return
+        except asyncio.CancelledError:
+            # The loop is shutting down: this subscription ends with it.
+            if sub.active:
+                counters["ended_loop_closed"] += 1
+                sub.channel._end(sub)
+            self._release(sub, final=True)
+            raise
+
+    def _may_deliver(self, message: Message, sub: Subscription) -> bool:
+        hub = self.hub
+        if not sub.active:
+            self._counters["dropped_unsubscribed"] += 1
+            return False
+        if not hub._alive or (hub._state == "stopping" and message.droppable):
+            message._drop()
+            self._counters["dropped_shutdown"] += 1
+            return False
+        return True
+
+    async def _report(self, sub: Subscription, message: Message, exc: BaseException) -> None:
+        on_error = sub.on_error
+        if on_error is None:
+            self.hub._handler_failed(sub, message, exc)
+            return
+        try:
+            result = on_error(exc, message)
+            if result is not None and hasattr(result, "__await__"):
+                await result
+        except BaseException:  # the error handler must not end the turn either
+            logger.exception("the error handler of channel %r raised", sub.topic)
+
+    def _release(self, sub: Subscription, *, final: bool) -> None:
+        """Drop what is left in an ended subscription's mailbox and unmark it."""
+        hub = self.hub
+        mailbox = sub.mailbox
+        with hub._ready_cond:
+            while mailbox:
+                item = mailbox.popleft()
+                if isinstance(item, Message):
+                    self._counters["dropped_unsubscribed"] += 1
+                else:
+                    item.done()
+            sub.scheduled = False
+            hub._busy.discard(sub)
+
+    # -- unsubscribe() waiting for a call in progress --------------------------
+
+    def _wait_until_done(self, sub: Subscription) -> None:
+        if running_loop() is not None:
+            return  # never block an event loop (least of all this one)
+        with self._done:
+            self._waiters += 1
+            try:
+                while sub.running_on is self:
+                    self._done.wait()
+            finally:
+                self._waiters -= 1

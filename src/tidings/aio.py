@@ -1,0 +1,170 @@
+"""tidings for asyncio: inboxes read with ``async for``.
+
+Async handlers need nothing from here: ``Channel(topic, handler)`` and
+``Scope.subscribe`` take an ``async def`` handler and run it on the event
+loop they were called from. This module adds subscriptions that a task
+reads::
+
+    import tidings.aio
+
+    async def follow_room(websocket):
+        async with tidings.aio.subscribe("chat.rooms.lona", max_pending=100) as inbox:
+            async for message in inbox:
+                await websocket.send_json(message.data)
+
+``send()`` needs no async twin: it never blocks, so call it from async code
+as it is. ``await hub.ajoin()`` and ``await hub.astop()`` wait without
+blocking the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ._exceptions import InboxClosedError, SlowConsumerError
+from ._hub import Hub
+from ._inbox import OVERFLOW_POLICIES, InboxCore, Overflow, _check_timeout
+from ._message import Message
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["OVERFLOW_POLICIES", "AsyncInbox", "Overflow", "subscribe"]
+
+
+class AsyncInbox(InboxCore):
+    """A subscription read by asyncio tasks of one event loop.
+
+    Made by :func:`subscribe`. The broker stage fills it from its own
+    thread and wakes a waiting ``get()`` with one ``call_soon_threadsafe``
+    per burst of messages. See :mod:`tidings._inbox` for the overflow
+    policies. Leaving ``async with`` (also by an exception or a
+    cancellation) unsubscribes and drops what is left, counted.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        hub: Hub | None = None,
+        max_pending: int = 1000,
+        overflow: Overflow = "error",
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "tidings.aio.subscribe() needs a running event loop (or loop=): "
+                    "for threads, use tidings.subscribe()"
+                ) from None
+        elif not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        super().__init__(topic, hub, max_pending, overflow)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None  # one wake-up per wait, however many messages arrive
+        try:
+            self._loop.call_soon_threadsafe(_resolve, waiter)
+        except RuntimeError:  # the loop has closed: nobody will read this inbox
+            self._ended = InboxClosedError(self.topic, "loop closed")
+            self._count_away("dropped_unsubscribed")
+
+    async def get(self, timeout: float | None = None) -> Message:
+        """The next message, waiting up to ``timeout`` seconds (None: no limit).
+
+        Raises TimeoutError when none came in time, :class:`SlowConsumerError`
+        once the inbox overflowed with ``overflow="error"``, and
+        :class:`InboxClosedError` once it has ended and is empty.
+        """
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self.get()
+            except TimeoutError:
+                raise TimeoutError(f"no message for {self.topic!r} within {timeout} s") from None
+        while True:
+            with self.lock:
+                message = self._take()
+                if message is not None:
+                    return message
+                self._no_message()
+                waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+
+    def get_nowait(self) -> Message | None:
+        """The next message, or None when the inbox is empty (raises once it has ended)."""
+        with self.lock:
+            message = self._take()
+            if message is None:
+                self._no_message()
+            return message
+
+    def _hub_stopped(self) -> None:
+        with self.lock:
+            self._wake()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        with self.lock:
+            message = self._take()
+        if message is not None:
+            return message  # the common case under load: no coroutine of get() at all
+        try:
+            return await self.get()
+        except SlowConsumerError:
+            raise
+        except InboxClosedError:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Close the inbox (the same as :meth:`close`, for ``contextlib.aclosing``)."""
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def subscribe(
+    topic: str,
+    *,
+    hub: Hub | None = None,
+    max_pending: int = 1000,
+    overflow: Overflow = "error",
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> AsyncInbox:
+    """Subscribe to ``topic`` with an inbox read on this event loop; see :class:`AsyncInbox`.
+
+    Messages sent after this returns are in it, exactly once and in order,
+    until it is closed. Use it with ``async with``::
+
+        async with tidings.aio.subscribe("prices.*", overflow="drop_oldest") as inbox:
+            message = await inbox.get(timeout=5.0)
+    """
+    return AsyncInbox(topic, hub=hub, max_pending=max_pending, overflow=overflow, loop=loop)
