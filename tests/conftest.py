@@ -19,7 +19,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from support import TIMEOUT, WORKER_TIMEOUT, FakeClock, HubFactory, WallClock
-from tidings import Hub, Settings
+from tidings import Settings
+from tidings.testing import CheckedHub
 
 # Threads make examples slow and uneven: no deadline. print_blob prints the
 # @reproduce_failure line for a failing example; the failing example itself
@@ -37,22 +38,31 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def make_hub() -> Iterator[HubFactory]:
-    """Build hubs (started unless ``start=False``); each is stopped afterwards.
+def tidings_settings() -> Settings:
+    """The settings of tidings.testing's ``hub`` fixture (see ``support.WORKER_TIMEOUT``)."""
+    return Settings(CHANNEL_WORKER_TIMEOUT=WORKER_TIMEOUT)
 
-    Settings default to the library's, except ``CHANNEL_WORKER_TIMEOUT``
+
+@pytest.fixture
+def make_hub() -> Iterator[HubFactory]:
+    """Build more hubs (started unless ``start=False``); each is stopped afterwards.
+
+    The ``hub`` fixture itself comes from tidings.testing (the pytest plugin
+    that tidings installs). These are :class:`tidings.testing.CheckedHub`
+    too: settings default to the library's, except ``CHANNEL_WORKER_TIMEOUT``
     (see ``support.WORKER_TIMEOUT``).
 
     Teardown asserts that ``stop()`` drained and ended its threads, so a test
-    that leaves a handler blocked fails instead of leaking threads.
+    that leaves a handler blocked fails instead of leaking threads, and that
+    no handler raised unless the test took the error.
     """
-    hubs: list[Hub] = []
+    hubs: list[CheckedHub] = []
 
-    def make(settings: Settings | None = None, *, start: bool = True, **kwargs: Any) -> Hub:
+    def make(settings: Settings | None = None, *, start: bool = True, **kwargs: Any) -> CheckedHub:
         if settings is None:
             kwargs.setdefault("CHANNEL_WORKER_TIMEOUT", WORKER_TIMEOUT)
             settings = Settings(**kwargs)
-        hub = Hub(settings)
+        hub = CheckedHub(settings)
         hubs.append(hub)
         if start:
             hub.start()
@@ -60,13 +70,9 @@ def make_hub() -> Iterator[HubFactory]:
 
     yield make
     failed = [hub for hub in hubs if not hub.stop(timeout=TIMEOUT)]
+    for hub in hubs:
+        hub.check()
     assert not failed, f"hubs did not stop cleanly: {failed}"
-
-
-@pytest.fixture
-def hub(make_hub: HubFactory) -> Hub:
-    """A started hub (``make_hub()``), stopped after the test."""
-    return make_hub()
 
 
 @pytest.fixture

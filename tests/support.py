@@ -14,7 +14,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import tidings
-from tidings import Hub, Message
+from tidings import Message
+from tidings.testing import CheckedHub
 
 # Upper bound for every wait in the suite. Waits end as soon as their event
 # happens; the bound only turns a hang into a failure.
@@ -39,7 +40,7 @@ def examples(count: int) -> int:
 T = TypeVar("T")
 
 # The ``make_hub`` fixture: make_hub(settings=None, *, start=True, **settings).
-HubFactory = Callable[..., Hub]
+HubFactory = Callable[..., CheckedHub]
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -220,9 +220,9 @@ def test_message_ids_are_unique(make_hub: HubFactory) -> None:
 
 def test_message_expiry_is_an_aware_utc_datetime(hub: Hub) -> None:
     channel = Channel("chat", hub=hub)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     relative = channel.send(expiry=timedelta(hours=1)).expiry
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert relative is not None
     assert relative.utcoffset() == timedelta(0)
     assert before + timedelta(hours=1) <= relative <= after + timedelta(hours=1)
@@ -239,4 +239,4 @@ def test_message_expiry_is_an_aware_utc_datetime(hub: Hub) -> None:
     from_naive = channel.send(expiry=naive).expiry
     assert from_naive is not None
     assert from_naive.utcoffset() == timedelta(0)
-    assert from_naive == naive.astimezone(timezone.utc)
+    assert from_naive == naive.astimezone(UTC)

@@ -13,6 +13,7 @@ import pytest
 from support import TIMEOUT, HubFactory, Recorder, Watched, assert_common_order
 from tidings import Channel, Hub, Message
 from tidings._topics import topics_match
+from tidings.testing import CheckedHub
 
 SUBSCRIBED = [
     "news.sport",
@@ -214,7 +215,7 @@ def test_blocked_handlers_do_not_stall_the_broker(make_hub: HubFactory) -> None:
     assert hub.join(TIMEOUT)
 
 
-def test_a_raising_handler_changes_nothing_for_others(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_raising_handler_changes_nothing_for_others(hub: CheckedHub, caplog: pytest.LogCaptureFixture) -> None:
     calls: list[int] = []
 
     def failing(message: Message) -> None:
@@ -240,6 +241,9 @@ def test_a_raising_handler_changes_nothing_for_others(hub: Hub, caplog: pytest.L
     stats = hub.stats()
     assert stats["handler_errors"] == 20
     assert stats["delivered"] == 40
+    taken = hub.take_handler_errors()
+    assert [str(error.exception) for error in taken] == [f"boom {n}" for n in range(20)]
+    assert [error.message.data["n"] for error in taken] == list(range(20))
 
 
 @pytest.mark.parametrize("exception", [SystemExit, KeyboardInterrupt, GeneratorExit])
@@ -266,6 +270,8 @@ def test_a_handler_raising_base_exception_does_not_end_a_worker(
     assert [death.thread.name for death in thread_deaths if death.thread] == [], "a worker thread died"
     assert joined
     assert good.values() == list(range(5))
+    taken = hub.take_handler_errors()
+    assert [type(error.exception) for error in taken] == [exception] * 5
 
 
 # -- integrity -----------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -16,8 +16,8 @@ from tidings import Channel, Hub
         timedelta(0),
         timedelta(seconds=-1),
         timedelta(days=-1),
-        datetime.now(timezone.utc) - timedelta(seconds=1),
-        datetime(2000, 1, 1, tzinfo=timezone.utc),
+        datetime.now(UTC) - timedelta(seconds=1),
+        datetime(2000, 1, 1, tzinfo=UTC),
         datetime(2000, 1, 1),  # naive: local time
     ],
     ids=["zero", "minus-1s", "minus-1d", "aware-past", "aware-2000", "naive-2000"],
@@ -48,7 +48,7 @@ def test_a_message_that_expires_while_queued_is_dropped(hub: Hub, fake_clock: Fa
     short = sender.send({"n": 1}, expiry=timedelta(seconds=5))
     sender.send({"n": 2})
     long = sender.send({"n": 3}, expiry=timedelta(seconds=60))
-    at = sender.send({"n": 4}, expiry=datetime.now(timezone.utc) + timedelta(seconds=5))
+    at = sender.send({"n": 4}, expiry=datetime.now(UTC) + timedelta(seconds=5))
     assert not short.is_expired()
     fake_clock.advance(10)
     assert short.is_expired()
@@ -86,7 +86,7 @@ def test_a_wall_clock_jump_forward_does_not_expire_messages(
     sender.send({"n": 0})
     assert gate.entered.wait(TIMEOUT)
     relative = sender.send({"n": 1}, expiry=timedelta(minutes=1))
-    absolute = sender.send({"n": 2}, expiry=datetime.now(timezone.utc) + timedelta(minutes=1))
+    absolute = sender.send({"n": 2}, expiry=datetime.now(UTC) + timedelta(minutes=1))
     wall_clock.jump(2 * 3600)  # e.g. an NTP correction
     assert not relative.is_expired()
     assert not absolute.is_expired()
@@ -104,7 +104,7 @@ def test_a_wall_clock_jump_back_does_not_revive_messages(
     sender.send({"n": 0})
     assert gate.entered.wait(TIMEOUT)
     relative = sender.send({"n": 1}, expiry=timedelta(seconds=30))
-    absolute = sender.send({"n": 2}, expiry=datetime.now(timezone.utc) + timedelta(seconds=30))
+    absolute = sender.send({"n": 2}, expiry=datetime.now(UTC) + timedelta(seconds=30))
     fake_clock.advance(60)
     wall_clock.jump(-2 * 3600)
     assert relative.is_expired()
@@ -118,5 +118,5 @@ def test_the_wall_clock_is_what_a_datetime_expiry_is_measured_from(hub: Hub, wal
     # A datetime is an absolute wall-clock instant: when the wall clock at
     # send time is already past it, the message is expired on arrival.
     wall_clock.jump(3600)
-    message = Channel("chat", hub=hub).send(expiry=datetime.now(timezone.utc) + timedelta(minutes=1))
+    message = Channel("chat", hub=hub).send(expiry=datetime.now(UTC) + timedelta(minutes=1))
     assert message.is_expired()

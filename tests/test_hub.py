@@ -495,6 +495,7 @@ def test_stats_add_up(make_hub: HubFactory) -> None:
     notifications = 4 + 1  # four subscribes, one unsubscribe
     assert stats["sent"] == sends + notifications
     assert stats["handler_errors"] == 5
+    assert [error.message.data["n"] for error in hub.take_handler_errors()] == [1, 3, 5, 7, 9]
     assert stats["dropped_expired"] == 8
     assert stats["dropped_unsubscribed"] == 5
     assert stats["dropped_shutdown"] == 7

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -273,7 +273,7 @@ BAD_DATA: list[tuple[str, dict[Any, Any], type[Exception]]] = [
     ("frozenset", {"s": frozenset()}, TypeError),
     ("bytes", {"b": b"raw"}, TypeError),
     ("object", {"o": object()}, TypeError),
-    ("datetime", {"when": datetime(2024, 1, 1, tzinfo=timezone.utc)}, TypeError),
+    ("datetime", {"when": datetime(2024, 1, 1, tzinfo=UTC)}, TypeError),
     ("Decimal", {"price": Decimal("1.10")}, TypeError),
     ("IntEnum", {"color": Color.RED}, TypeError),
     ("str subclass", {"text": Text("hi")}, TypeError),
@@ -416,7 +416,7 @@ def test_expiry_crosses_the_network_as_absolute_utc(
     assert not relative.is_expired()
     assert not absolute.is_expired()
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     past = (now - timedelta(seconds=30)).isoformat()
     future = (now + timedelta(hours=1)).isoformat()
     sent_at = time.time() - 3600  # the sender's clock is an hour behind

@@ -45,6 +45,7 @@ def __getattr__(name: str) -> object:
         return importlib.import_module("tidings.aio")
     raise AttributeError(f"module 'tidings' has no attribute {name!r}")
 
+
 __all__ = [
     "SUBSCRIBE_TOPIC",
     "UNSUBSCRIBE_TOPIC",

@@ -32,7 +32,7 @@ from ._message import Message, _new_message
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["OVERFLOW_POLICIES", "Inbox", "InboxCore", "Overflow", "subscribe"]
 

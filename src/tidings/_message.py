@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["Message", "resolve_expiry"]
@@ -19,12 +19,12 @@ def resolve_expiry(expiry: datetime | timedelta) -> tuple[datetime, float]:
     crosses the network. A naive ``datetime`` is taken as local time, like
     ``datetime.now()``.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if isinstance(expiry, timedelta):
         remaining = expiry.total_seconds()
         absolute = now + expiry
     elif isinstance(expiry, datetime):
-        absolute = expiry.astimezone(timezone.utc)
+        absolute = expiry.astimezone(UTC)
         remaining = (absolute - now).total_seconds()
     else:
         raise TypeError(f"expiry must be a datetime or timedelta, not {type(expiry).__name__}")

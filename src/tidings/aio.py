@@ -28,7 +28,7 @@ from ._inbox import OVERFLOW_POLICIES, InboxCore, Overflow, _check_timeout
 from ._message import Message
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["OVERFLOW_POLICIES", "AsyncInbox", "Overflow", "subscribe"]
 

@@ -32,7 +32,7 @@ import hmac
 import json
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tidings._message import Message
@@ -193,7 +193,7 @@ class Codec:
                 raise BadEntry("bad expiry") from None
             if expiry.tzinfo is None:
                 raise BadEntry("expiry without a time zone")
-            deadline = _monotonic() + (expiry - datetime.now(timezone.utc)).total_seconds()
+            deadline = _monotonic() + (expiry - datetime.now(UTC)).total_seconds()
         return Message(topic, data, deadline, (seq, token, float(sent), expiry, False, droppable))
 
 
