@@ -7,13 +7,14 @@ test process; tests of the default hub run in a subprocess.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -21,6 +22,8 @@ from hypothesis import settings as hypothesis_settings
 from support import TIMEOUT, WORKER_TIMEOUT, FakeClock, HubFactory, WallClock
 from tidings import Settings
 from tidings.testing import CheckedHub
+
+T = TypeVar("T")
 
 # Threads make examples slow and uneven: no deadline. print_blob prints the
 # @reproduce_failure line for a failing example; the failing example itself
@@ -73,6 +76,32 @@ def make_hub() -> Iterator[HubFactory]:
     for hub in hubs:
         hub.check()
     assert not failed, f"hubs did not stop cleanly: {failed}"
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """``run(coroutine)``: run it to the end on a new event loop, asyncio's or uvloop's.
+
+    Like ``asyncio.run``: when the coroutine returns, the loop's remaining
+    tasks are cancelled and the loop is closed. uvloop missing: skipped
+    locally, a failure in CI (where ``tidings[uvloop]`` is installed).
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if request.param == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            reason = "uvloop is not installed: pip install 'tidings[uvloop]'"
+            if os.environ.get("CI"):
+                pytest.fail(f"{reason} (CI is set: the uvloop tests must run)", pytrace=False)
+            pytest.skip(reason)
+        factory = uvloop.new_event_loop
+
+    def run(coroutine: Coroutine[Any, Any, T]) -> T:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coroutine)
+
+    return run
 
 
 @pytest.fixture
