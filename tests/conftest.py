@@ -25,6 +25,8 @@ from tidings.testing import CheckedHub
 
 T = TypeVar("T")
 
+pytest_plugins = ["pytester"]
+
 # Threads make examples slow and uneven: no deadline. print_blob prints the
 # @reproduce_failure line for a failing example; the failing example itself
 # is also kept in .hypothesis/ and replayed first on the next run.
