@@ -11,6 +11,7 @@ from support import TIMEOUT
 from tidings import Channel, Hub, Message, Scope
 from tidings.testing import CheckedHub, Recorder
 
+
 def test_the_plugin_is_installed_and_its_fixtures_work(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
