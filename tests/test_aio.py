@@ -373,7 +373,7 @@ def test_loop_shutting_down_mid_handler(hub: CheckedHub, run: Run) -> None:
     assert hub.join(TIMEOUT), "the remaining messages were released, not left waiting for a dead loop"
     stats = hub.stats()
     assert stats["ended_loop_closed"] == 1
-    assert stats["delivered"] == 0  # the cancelled call did not finish
+    assert stats["delivered"] == 1  # the call was made (and cancelled midway)
     assert stats["dropped_unsubscribed"] == 4
     assert stats["subscriptions"] == 0
 

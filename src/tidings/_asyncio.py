@@ -18,6 +18,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,9 @@ class LoopRunner:
         self.hub = hub
         self.loop = loop
         self.closed = False
-        self._ready: list[Subscription] = []
+        # Appended by the broker stage, popped on the loop: one deque, never
+        # swapped (a swap could lose an append made in the same instant).
+        self._ready: deque[Subscription] = deque()
         self._woken = False
         self._subs: set[Subscription] = set()
         self._turns: set[asyncio.Task[None]] = set()  # running turns (also keeps them referenced)
@@ -134,6 +137,8 @@ class LoopRunner:
 
     def add(self, sub: Subscription) -> None:
         with self.hub._runners_lock:
+            if self.closed:
+                raise RuntimeError(f"cannot subscribe an async handler on a closed event loop ({self.loop!r})")
             self._subs.add(sub)
 
     def discard(self, sub: Subscription) -> None:
@@ -155,9 +160,9 @@ class LoopRunner:
                 self._counters["ended_loop_closed"] += 1
                 sub.channel._end(sub)
             self._release(sub, final=True)
-        ready, self._ready = self._ready, []
-        for sub in ready:
-            self._release(sub, final=True)
+        ready = self._ready
+        while ready:
+            self._release(ready.popleft(), final=True)
 
     # -- the broker side -------------------------------------------------------
 
@@ -177,11 +182,11 @@ class LoopRunner:
 
     def _run(self) -> None:
         self._woken = False  # first: a subscription added from now on wakes again
-        ready, self._ready = self._ready, []
+        ready = self._ready
         create_task = self.loop.create_task
         turns = self._turns
-        for sub in ready:
-            task = create_task(self._turn(sub))
+        while ready:
+            task = create_task(self._turn(ready.popleft()))
             turns.add(task)
             task.add_done_callback(turns.discard)
 
@@ -230,11 +235,11 @@ class LoopRunner:
                         counters["handler_errors"] += 1
                         await self._report(sub, message, exc)
                     finally:
+                        counters["delivered"] += 1  # a call made, even if cancelled midway
                         sub.running_on = None
                         if self._waiters:
                             with self._done:
                                 self._done.notify_all()
-                    counters["delivered"] += 1
                     calls += 1
                     if calls >= TURN:
                         calls = 0
@@ -301,3 +306,11 @@ class LoopRunner:
                     self._done.wait()
             finally:
                 self._waiters -= 1
+
+
+def end_after_fork(hub: Hub) -> None:
+    """In a forked child: no event loop of the parent runs here, so end their subscriptions."""
+    runners = list(hub._runners.values())
+    hub._runners.clear()
+    for runner in runners:
+        runner._close()

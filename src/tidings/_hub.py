@@ -710,6 +710,7 @@ class Hub:
             function(argument)
         self._state_lock = threading.Lock()
         self._stopped_event = threading.Event()
+        self._runners_lock = threading.Lock()
         worker = current_worker()
         for sub in self._index:
             sub.since = 0  # the child numbers its messages from 1 again
@@ -743,6 +744,12 @@ class Hub:
                 for worker in workers:
                     worker.on_start()
                 self._start_threads(workers)
+        if self._runners:
+            # Event loops do not survive fork(): async handlers end here
+            # (counted in ended_loop_closed); the parent keeps them.
+            from ._asyncio import end_after_fork
+
+            end_after_fork(self)
 
 
 # -- fork handling for every hub -----------------------------------------

@@ -26,6 +26,7 @@ from ._exceptions import InboxClosedError, SlowConsumerError
 from ._hub import Hub
 from ._inbox import OVERFLOW_POLICIES, InboxCore, Overflow, _check_timeout
 from ._message import Message
+from ._subscription import Subscription
 
 if TYPE_CHECKING:
     from typing import Self
@@ -80,6 +81,11 @@ class AsyncInbox(InboxCore):
         except RuntimeError:  # the loop has closed: nobody will read this inbox
             self._ended = InboxClosedError(self.topic, "loop closed")
             self._count_away("dropped_unsubscribed")
+
+    def schedule(self, sub: Subscription) -> None:
+        super().schedule(sub)
+        if self._ended is not None and self._ended.reason == "loop closed":
+            self._end("loop closed")  # unsubscribes; idempotent
 
     async def get(self, timeout: float | None = None) -> Message:
         """The next message, waiting up to ``timeout`` seconds (None: no limit).
