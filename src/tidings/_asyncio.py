@@ -195,21 +195,30 @@ class LoopRunner:
         return asyncio.current_task(self.loop) in self._turns
 
     async def _turn(self, sub: Subscription) -> None:
+        """Run ``sub``'s mailbox on its handler, in order, until it is empty."""
         hub = self.hub
         counters = self._counters
         handler: Callable[[Message], Awaitable[Any]] = sub.handler
         mailbox = sub.mailbox
         assert mailbox is not None  # scheduled only with mail
-        calls = 0
+        popleft = mailbox.popleft
+        calls = 0  # handler calls made and not yet counted in counters["delivered"]
+        # Held for the whole turn, as a task worker holds its task: a thread
+        # that unsubscribes waits until the turn ends, which is right after
+        # the call in progress (no call starts once active is False).
+        sub.running_on = self
         try:
             while True:
                 while mailbox:
                     try:
-                        item = mailbox.popleft()
+                        item = popleft()
                     except IndexError:  # stop() discarded it meanwhile
                         break
                     if not isinstance(item, Message):
-                        item.done()  # a join token
+                        # A join token: what join() waits for is counted first.
+                        counters["delivered"] += calls
+                        calls = 0
+                        item.done()
                         continue
                     if not (sub.active and hub._normal) and not self._may_deliver(item, sub):
                         continue
@@ -222,7 +231,7 @@ class LoopRunner:
                     message.topic = item.topic
                     message.data = item.data.copy()
                     message._origin = item
-                    sub.running_on = self
+                    calls += 1  # a call made, even if it is cancelled midway
                     try:
                         await handler(message)
                     except asyncio.CancelledError as exc:
@@ -234,14 +243,8 @@ class LoopRunner:
                     except BaseException as exc:  # a handler must not end the turn
                         counters["handler_errors"] += 1
                         await self._report(sub, message, exc)
-                    finally:
-                        counters["delivered"] += 1  # a call made, even if cancelled midway
-                        sub.running_on = None
-                        if self._waiters:
-                            with self._done:
-                                self._done.notify_all()
-                    calls += 1
                     if calls >= TURN:
+                        counters["delivered"] += calls
                         calls = 0
                         await asyncio.sleep(0)  # let the loop's other tasks run
                 with hub._ready_cond:
@@ -256,6 +259,12 @@ class LoopRunner:
                 sub.channel._end(sub)
             self._release(sub, final=True)
             raise
+        finally:
+            counters["delivered"] += calls
+            sub.running_on = None
+            if self._waiters:
+                with self._done:
+                    self._done.notify_all()
 
     def _may_deliver(self, message: Message, sub: Subscription) -> bool:
         hub = self.hub
