@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -257,3 +258,43 @@ def test_fork_while_another_thread_subscribes(hub: Hub, via: str) -> None:
         stop.set()
         thread.join(TIMEOUT)
         scope.close()
+
+
+def test_async_subscriptions_end_in_a_forked_child(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    got: list[int] = []
+    subscribed = threading.Event()
+    release = threading.Event()
+
+    async def handler(message: Any) -> None:
+        got.append(message.data["n"])
+
+    def loop_thread() -> None:
+        async def main() -> None:
+            Channel("t", handler, hub=hub)
+            subscribed.set()
+            while not release.is_set():
+                await asyncio.sleep(0.001)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=loop_thread)
+    thread.start()
+    try:
+        assert subscribed.wait(TIMEOUT)
+
+        def child() -> Any:
+            # No event loop of the parent runs here: the subscription ends
+            # instead of holding messages (and join()) forever.
+            Channel("t", hub=hub).send({"n": 1})
+            joined = hub.join(TIMEOUT)
+            stats = hub.stats()
+            return [joined, stats["ended_loop_closed"], stats["subscriptions"]]
+
+        assert in_child(child) == [True, 1, 0]
+        Channel("t", hub=hub).send({"n": 2})
+        assert hub.join(TIMEOUT)
+        assert got == [2], "the parent's subscription is untouched"
+    finally:
+        release.set()
+        thread.join(TIMEOUT)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -97,8 +98,12 @@ class LoopRunner:
         # unsubscribe() from another thread waits here for a call in progress.
         self._done = threading.Condition(threading.Lock())
         self._waiters = 0
-        # Written on the loop's thread only (and by _loop_closed once the loop is gone).
+        # Written on the loop's thread (hot paths) or through _add(); folded
+        # into the hub's totals once the loop is gone and no turn runs, so
+        # that a closed loop is not kept alive by its runner.
         self._counters: dict[str, int] = dict.fromkeys((*COUNTERS, "ended_loop_closed"), 0)
+        self._folded = False
+        self._running_turns = 0
 
     def __repr__(self) -> str:
         return f"<LoopRunner {self.hub.name} on {self.loop!r}>"
@@ -157,12 +162,37 @@ class LoopRunner:
             self._subs.clear()
         for sub in subs:
             if sub.active:
-                self._counters["ended_loop_closed"] += 1
+                self._add("ended_loop_closed")
                 sub.channel._end(sub)
+            if sub.running_on is self:
+                sub.running_on = None  # a turn cut off by a closed loop will never end itself
             self._release(sub, final=True)
         ready = self._ready
         while ready:
             self._release(ready.popleft(), final=True)
+        with self._done:
+            self._done.notify_all()  # unsubscribe() calls waiting for a call that will not finish
+        self._fold()
+
+    def _add(self, key: str, count: int = 1) -> None:
+        """Count outside a turn: into this runner's counters, or the hub's once folded."""
+        with self.hub._runners_lock:
+            target = self.hub._retired if self._folded else self._counters
+            target[key] = target.get(key, 0) + count
+
+    def _fold(self) -> None:
+        """Once closed and quiet, move the counts to the hub and let go of the loop."""
+        if not self.closed or (self._running_turns and not self.loop.is_closed()):
+            return  # a turn still being cancelled will count: fold after it
+        hub = self.hub
+        with hub._runners_lock:
+            if self._folded:
+                return
+            self._folded = True
+            for key, value in self._counters.items():
+                hub._retired[key] = hub._retired.get(key, 0) + value
+            if self in hub._all_runners:
+                hub._all_runners.remove(self)
 
     # -- the broker side -------------------------------------------------------
 
@@ -187,6 +217,9 @@ class LoopRunner:
         turns = self._turns
         while ready:
             task = create_task(self._turn(ready.popleft()))
+            # A loop closed by hand mid-turn is handled by _close(); asyncio
+            # need not log this internal task as "destroyed but pending".
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
             turns.add(task)
             task.add_done_callback(turns.discard)
 
@@ -203,6 +236,7 @@ class LoopRunner:
         assert mailbox is not None  # scheduled only with mail
         popleft = mailbox.popleft
         calls = 0  # handler calls made and not yet counted in counters["delivered"]
+        self._running_turns += 1
         # Held for the whole turn, as a task worker holds its task: a thread
         # that unsubscribes waits until the turn ends, which is right after
         # the call in progress (no call starts once active is False).
@@ -234,6 +268,8 @@ class LoopRunner:
                     calls += 1  # a call made, even if it is cancelled midway
                     try:
                         await handler(message)
+                    except GeneratorExit:
+                        raise  # the turn's coroutine is being closed (its loop is gone)
                     except asyncio.CancelledError as exc:
                         task = asyncio.current_task()
                         if task is not None and task.cancelling():
@@ -255,12 +291,17 @@ class LoopRunner:
         except asyncio.CancelledError:
             # The loop is shutting down: this subscription ends with it.
             if sub.active:
-                counters["ended_loop_closed"] += 1
+                self._add("ended_loop_closed")
                 sub.channel._end(sub)
             self._release(sub, final=True)
             raise
         finally:
-            counters["delivered"] += calls
+            self._running_turns -= 1
+            if self.closed:
+                self._add("delivered", calls)
+                self._fold()
+            else:
+                counters["delivered"] += calls
             sub.running_on = None
             if self._waiters:
                 with self._done:
@@ -293,15 +334,18 @@ class LoopRunner:
         """Drop what is left in an ended subscription's mailbox and unmark it."""
         hub = self.hub
         mailbox = sub.mailbox
+        dropped = 0
         with hub._ready_cond:
             while mailbox:
                 item = mailbox.popleft()
                 if isinstance(item, Message):
-                    self._counters["dropped_unsubscribed"] += 1
+                    dropped += 1
                 else:
                     item.done()
             sub.scheduled = False
             hub._busy.discard(sub)
+        if dropped:
+            self._add("dropped_unsubscribed", dropped)
 
     # -- unsubscribe() waiting for a call in progress --------------------------
 
@@ -312,14 +356,34 @@ class LoopRunner:
             self._waiters += 1
             try:
                 while sub.running_on is self:
-                    self._done.wait()
+                    if self.loop.is_closed():
+                        break  # closed by hand mid-call: that call will never finish
+                    # In slices: a loop closed by hand tells nobody.
+                    self._done.wait(0.1)
             finally:
                 self._waiters -= 1
+        if sub.running_on is self and self.loop.is_closed():
+            self._close()
+
+    def check_closed(self) -> None:
+        """End this runner's subscriptions if its loop was closed by hand."""
+        if not self.closed and self.loop.is_closed():
+            self._close()
 
 
-def end_after_fork(hub: Hub) -> None:
-    """In a forked child: no event loop of the parent runs here, so end their subscriptions."""
-    runners = list(hub._runners.values())
-    hub._runners.clear()
-    for runner in runners:
-        runner._close()
+def _end_after_fork() -> None:
+    """In a forked child no event loop of the parent runs: end the async subscriptions.
+
+    Registered when this module is first imported, so it runs after the
+    hubs' and the channels' own fork handlers (the channel lock is usable
+    again by then). Counted in ``ended_loop_closed``; the parent keeps them.
+    """
+    from ._hub import _hubs
+
+    for hub in list(_hubs):
+        for runner in list(hub._runners.values()):
+            runner._close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_end_after_fork)

@@ -458,6 +458,11 @@ class Hub:
     # -- what the broker stage applies, in queue order -----------------------
 
     def _place_join_token(self, token: JoinToken) -> None:
+        if self._runners:
+            # A loop closed by hand mid-turn would hold its subscriptions
+            # (and this token) forever: notice it now.
+            for runner in list(self._runners.values()):
+                runner.check_closed()
         with self._ready_lock:
             busy = [sub for sub in self._busy if sub.live]
         token.add(len(busy))
@@ -744,12 +749,6 @@ class Hub:
                 for worker in workers:
                     worker.on_start()
                 self._start_threads(workers)
-        if self._runners:
-            # Event loops do not survive fork(): async handlers end here
-            # (counted in ended_loop_closed); the parent keeps them.
-            from ._asyncio import end_after_fork
-
-            end_after_fork(self)
 
 
 # -- fork handling for every hub -----------------------------------------

@@ -120,6 +120,11 @@ class InboxCore:
     def _take(self) -> Message | None:
         """The next message (a copy for this consumer), holding ``lock``."""
         mailbox = self.mailbox
+        if self._retired:
+            # Closed: a message the broker appended in the moment of closing
+            # is not handed out; it is counted with the others.
+            self._count_away("dropped_unsubscribed")
+            return None
         while mailbox:
             item = mailbox.popleft()
             deadline = item._deadline
@@ -157,13 +162,21 @@ class InboxCore:
         self._retire()
 
     def _count_away(self, counter: str) -> None:
+        """Drop and count what the inbox holds (holding ``lock``).
+
+        Popped one by one: the broker may append meanwhile, without the lock.
+        """
         mailbox = self.mailbox
-        count = len(mailbox)
+        count = 0
+        while True:
+            try:
+                message = mailbox.popleft()
+            except IndexError:
+                break
+            message._drop()
+            count += 1
         if not count:
             return
-        for message in mailbox:
-            message._drop()
-        mailbox.clear()
         self.counters[counter] += count
         if self._retired:
             # A message routed in the moment of closing: the hub's totals

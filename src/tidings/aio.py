@@ -20,6 +20,9 @@ blocking the loop.
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
+from collections import deque
 from typing import TYPE_CHECKING
 
 from ._exceptions import InboxClosedError, SlowConsumerError
@@ -64,7 +67,8 @@ class AsyncInbox(InboxCore):
         elif not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
         self._loop = loop
-        self._waiter: asyncio.Future[None] | None = None
+        self._waker = _waker_for(loop)
+        self._waiters: list[asyncio.Future[None]] = []  # readers waiting in get()
         super().__init__(topic, hub, max_pending, overflow)
 
     @property
@@ -72,13 +76,12 @@ class AsyncInbox(InboxCore):
         return self._loop
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is None:
+        waiters = self._waiters
+        if not waiters:
             return
-        self._waiter = None  # one wake-up per wait, however many messages arrive
-        try:
-            self._loop.call_soon_threadsafe(_resolve, waiter)
-        except RuntimeError:  # the loop has closed: nobody will read this inbox
+        # Every waiting reader: each takes a message or waits again.
+        self._waiters = []
+        if not self._waker.wake(waiters):  # the loop has closed: nobody will read this inbox
             self._ended = InboxClosedError(self.topic, "loop closed")
             self._count_away("dropped_unsubscribed")
 
@@ -107,12 +110,14 @@ class AsyncInbox(InboxCore):
                 if message is not None:
                     return message
                 self._no_message()
-                waiter = self._waiter = self._loop.create_future()
+                waiter = self._loop.create_future()
+                self._waiters.append(waiter)
             try:
                 await waiter
             finally:
-                if self._waiter is waiter:
-                    self._waiter = None
+                with self.lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)  # cancelled while waiting
 
     def get_nowait(self) -> Message | None:
         """The next message, or None when the inbox is empty (raises once it has ended)."""
@@ -152,9 +157,50 @@ class AsyncInbox(InboxCore):
         self.close()
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+class _Waker:
+    """Wakes the inbox readers of one event loop: one ``call_soon_threadsafe`` per burst.
+
+    Shared by every inbox on the loop, so a message for 100 inboxes costs
+    one wake-up of the loop, not 100.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: deque[asyncio.Future[None]] = deque()  # never swapped: see LoopRunner._ready
+        self._woken = False
+
+    def wake(self, waiters: list[asyncio.Future[None]]) -> bool:
+        """Resolve ``waiters`` on the loop soon; False if the loop has closed."""
+        self._pending.extend(waiters)
+        if not self._woken:
+            self._woken = True
+            try:
+                self._loop.call_soon_threadsafe(self._run)
+            except RuntimeError:
+                self._woken = False
+                self._pending.clear()
+                return False
+        return True
+
+    def _run(self) -> None:
+        self._woken = False  # first: a waiter added from now on wakes again
+        pending = self._pending
+        while pending:
+            waiter = pending.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
+_wakers_lock = threading.Lock()
+
+
+def _waker_for(loop: asyncio.AbstractEventLoop) -> _Waker:
+    with _wakers_lock:
+        waker = _wakers.get(loop)
+        if waker is None:
+            waker = _wakers[loop] = _Waker(loop)
+        return waker
 
 
 def subscribe(
