@@ -673,3 +673,30 @@ def test_import_tidings_does_not_import_asyncio() -> None:
         "assert 'asyncio' in sys.modules\n"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_inboxes_in_a_scope_close_with_it(hub: CheckedHub, run: Run) -> None:
+    async def main() -> None:
+        scope = Scope(hub=hub)
+        async_inbox = tidings.aio.subscribe("t", scope=scope)
+        thread_inbox = tidings.subscribe("t", scope=scope)
+        channel = scope.subscribe("t", AsyncRecorder())
+        assert scope.inboxes == [async_inbox, thread_inbox]
+        send_all(hub, "t", 2)
+        assert await hub.ajoin(TIMEOUT)
+        assert (await async_inbox.get()).data == {"n": 0}
+        async_inbox.close()  # closed on its own: the scope forgets it
+        assert scope.inboxes == [thread_inbox]
+        scope.close()
+        assert thread_inbox.closed
+        assert not channel.subscribed
+        with pytest.raises(RuntimeError, match="scope is closed"):
+            tidings.aio.subscribe("t", scope=scope)
+        with pytest.raises(ValueError, match="different hubs"):
+            tidings.subscribe("t", scope=Scope(hub=hub), hub=Hub())
+        assert await hub.ajoin(TIMEOUT)
+
+    run(main())
+    stats = hub.stats()
+    assert stats["subscriptions"] == 0
+    assert stats["dropped_unsubscribed"] == 3  # one left in the async inbox, two in the thread inbox

@@ -29,6 +29,7 @@ from ._channel import Channel
 from ._exceptions import InboxClosedError, SlowConsumerError
 from ._hub import Hub, default_hub
 from ._message import Message, _new_message
+from ._scope import Scope
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
@@ -52,13 +53,22 @@ class InboxCore:
 
     tracked = False  # join() counts a message as handled once it is in the inbox
 
-    def __init__(self, topic: str, hub: Hub | None, max_pending: int, overflow: Overflow) -> None:
+    def __init__(
+        self, topic: str, hub: Hub | None, max_pending: int, overflow: Overflow, scope: Scope | None = None
+    ) -> None:
         if type(max_pending) is not int:
             raise TypeError(f"max_pending must be an int, not {type(max_pending).__name__}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, not {max_pending}")
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, not {overflow!r}")
+        if scope is not None:
+            if not isinstance(scope, Scope):
+                raise TypeError(f"scope must be a tidings.Scope, not {type(scope).__name__}")
+            if hub is not None and hub is not scope._hub:
+                raise ValueError("hub= and scope= name different hubs")
+            hub = scope._hub
+        self._scope = scope
         self._channel = Channel(topic, hub=hub if hub is not None else default_hub())
         self.hub = self._channel.hub
         self.topic = topic
@@ -75,8 +85,12 @@ class InboxCore:
         with self.hub._runners_lock:
             self.hub._inboxes.add(self)
         try:
+            if scope is not None:
+                scope._adopt(self)
             self._sub = self._channel._attach(_never_called, self)
         except BaseException:
+            if scope is not None:
+                scope._forget(self)
             self._retire()
             raise
 
@@ -109,6 +123,8 @@ class InboxCore:
             self._wake()
         if ended:
             self._channel._end(sub)
+            if self._scope is not None:
+                self._scope._forget(self)
             self._retire()
 
     def _wake(self) -> None:
@@ -159,6 +175,8 @@ class InboxCore:
         sub = self._sub
         if sub is not None:
             self._channel._end(sub)
+        if self._scope is not None:
+            self._scope._forget(self)
         self._retire()
 
     def _count_away(self, counter: str) -> None:
@@ -250,9 +268,10 @@ class Inbox(InboxCore):
         hub: Hub | None = None,
         max_pending: int = 1000,
         overflow: Overflow = "error",
+        scope: Scope | None = None,
     ) -> None:
         self._waiting = 0  # consumers waiting in get(); _wake() reads it first
-        super().__init__(topic, hub, max_pending, overflow)
+        super().__init__(topic, hub, max_pending, overflow, scope)
         self._cond = threading.Condition(self.lock)
 
     def _wake(self) -> None:
@@ -329,10 +348,12 @@ def subscribe(
     hub: Hub | None = None,
     max_pending: int = 1000,
     overflow: Overflow = "error",
+    scope: Scope | None = None,
 ) -> Inbox:
     """Subscribe to ``topic`` with an inbox that a thread reads; see :class:`Inbox`.
 
     Messages sent after this returns are in it, exactly once and in order,
-    until it is closed (leaving the ``with`` block closes it).
+    until it is closed (leaving the ``with`` block closes it, and so does
+    closing ``scope``).
     """
-    return Inbox(topic, hub=hub, max_pending=max_pending, overflow=overflow)
+    return Inbox(topic, hub=hub, max_pending=max_pending, overflow=overflow, scope=scope)

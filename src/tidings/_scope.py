@@ -13,6 +13,7 @@ from ._hub import Hub, default_hub
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop
 
+    from ._inbox import InboxCore
     from ._message import Message
     from ._subscription import Handler
 
@@ -52,6 +53,7 @@ class Scope:
         self._hub = hub if hub is not None else default_hub()
         self._on_error = on_error
         self._channels: dict[Channel, None] = {}
+        self._inboxes: dict[InboxCore, None] = {}  # tidings.subscribe(..., scope=self)
         self._closed = False
 
     @property
@@ -63,6 +65,22 @@ class Scope:
         """The channels currently subscribed through this scope."""
         with _scopes_lock:
             return list(self._channels)
+
+    @property
+    def inboxes(self) -> list[InboxCore]:
+        """The open inboxes made with ``scope=`` this scope (``tidings.subscribe``, ``tidings.aio.subscribe``)."""
+        with _scopes_lock:
+            return list(self._inboxes)
+
+    def _adopt(self, inbox: InboxCore) -> None:
+        with _scopes_lock:
+            if self._closed:
+                raise RuntimeError("the scope is closed")
+            self._inboxes[inbox] = None
+
+    def _forget(self, inbox: InboxCore) -> None:
+        with _scopes_lock:
+            self._inboxes.pop(inbox, None)
 
     def subscribe(self, topic: str, handler: Handler, *, loop: AbstractEventLoop | None = None) -> Channel:
         """Subscribe ``handler`` to ``topic`` within this scope.
@@ -93,13 +111,17 @@ class Scope:
         return self._on_error(exc, message, channel)
 
     def close(self) -> None:
-        """Unsubscribe every channel of the scope. Idempotent."""
+        """Unsubscribe every channel and close every inbox of the scope. Idempotent."""
         with _scopes_lock:
             self._closed = True
             channels = list(self._channels)
             self._channels.clear()
+            inboxes = list(self._inboxes)
+            self._inboxes.clear()
         for channel in channels:
             channel.unsubscribe()
+        for inbox in inboxes:
+            inbox.close()
 
     def __enter__(self) -> Scope:
         return self

@@ -29,6 +29,7 @@ from ._exceptions import InboxClosedError, SlowConsumerError
 from ._hub import Hub
 from ._inbox import OVERFLOW_POLICIES, InboxCore, Overflow, _check_timeout
 from ._message import Message
+from ._scope import Scope
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class AsyncInbox(InboxCore):
         max_pending: int = 1000,
         overflow: Overflow = "error",
         loop: asyncio.AbstractEventLoop | None = None,
+        scope: Scope | None = None,
     ) -> None:
         if loop is None:
             try:
@@ -69,7 +71,7 @@ class AsyncInbox(InboxCore):
         self._loop = loop
         self._waker = _waker_for(loop)
         self._waiters: list[asyncio.Future[None]] = []  # readers waiting in get()
-        super().__init__(topic, hub, max_pending, overflow)
+        super().__init__(topic, hub, max_pending, overflow, scope)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -210,13 +212,14 @@ def subscribe(
     max_pending: int = 1000,
     overflow: Overflow = "error",
     loop: asyncio.AbstractEventLoop | None = None,
+    scope: Scope | None = None,
 ) -> AsyncInbox:
     """Subscribe to ``topic`` with an inbox read on this event loop; see :class:`AsyncInbox`.
 
     Messages sent after this returns are in it, exactly once and in order,
-    until it is closed. Use it with ``async with``::
+    until it is closed, or ``scope`` is. Use it with ``async with``::
 
         async with tidings.aio.subscribe("prices.*", overflow="drop_oldest") as inbox:
             message = await inbox.get(timeout=5.0)
     """
-    return AsyncInbox(topic, hub=hub, max_pending=max_pending, overflow=overflow, loop=loop)
+    return AsyncInbox(topic, hub=hub, max_pending=max_pending, overflow=overflow, loop=loop, scope=scope)
