@@ -3,6 +3,7 @@
     tidings listen 'chat.*' --broker redis://127.0.0.1:6379/0
     tidings send chat.rooms.lona '{"text": "hello"}' --broker redis://127.0.0.1:6379/0
     tidings stats --broker redis://127.0.0.1:6379/0
+    tidings demo --port 8000                      # the web demo (needs tidings[web])
 
 ``--broker`` defaults to ``$TIDINGS_CHANNEL_BROKER_URL`` and ``--namespace``
 to ``$TIDINGS_CHANNEL_NAMESPACE`` (else ``tidings``). Errors print one line
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -167,6 +169,52 @@ def stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ._demo.app import create_app
+    except ImportError as exc:
+        raise CommandError(f"the demo needs Starlette and uvicorn: pip install 'tidings[web]' ({exc})") from None
+    url = args.broker or os.environ.get("TIDINGS_CHANNEL_BROKER_URL")
+    options: dict[str, Any] = {}
+    if url:
+        options["CHANNEL_BROKER_URL"] = url
+        if args.namespace:
+            options["CHANNEL_NAMESPACE"] = args.namespace
+        try:
+            settings = Settings(**options)
+        except ValueError as exc:
+            raise CommandError(str(exc), 2) from None
+        _check_reachable(settings)
+        where = f"broker {redact_url(url)}"
+    else:
+        settings = Settings()
+        where = "in-process broker"
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, args.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    # A WebSocket frame past the bridge's limit gets an error frame; only
+    # a much larger one is cut off by uvicorn (close code 1009).
+    config = uvicorn.Config(create_app(settings=settings), log_level=args.log_level, ws_max_size=1 << 20, lifespan="on")
+    print(f"tidings demo: open http://{host}:{port}/ ({where}; Ctrl-C to stop)", flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then raises the Ctrl-C again
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description="Listen, send and inspect tidings channels.")
     common = argparse.ArgumentParser(add_help=False)
@@ -184,6 +232,13 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("stats", parents=[common], help="show the stream and its readers")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=stats)
+    p = commands.add_parser(
+        "demo", parents=[common], help="serve the web demo: the clock and a chat (needs tidings[web])"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=demo)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The ``tidings demo`` web app (needs ``tidings[web]``); see :mod:`tidings._demo.app`."""
