@@ -394,7 +394,10 @@ def test_a_loop_closed_by_hand_is_noticed_at_the_next_message(hub: CheckedHub) -
     assert not channel.subscribed
     stats = hub.stats()
     assert stats["ended_loop_closed"] == 1
-    assert stats["dropped_unsubscribed"] == 2
+    # The first message finds the loop closed and is dropped; the second is
+    # dropped too if it was routed before the subscription left the index.
+    assert stats["dropped_unsubscribed"] in (1, 2)
+    assert stats["delivered"] == 0
     assert handler.values == []
 
 
@@ -700,3 +703,19 @@ def test_inboxes_in_a_scope_close_with_it(hub: CheckedHub, run: Run) -> None:
     stats = hub.stats()
     assert stats["subscriptions"] == 0
     assert stats["dropped_unsubscribed"] == 3  # one left in the async inbox, two in the thread inbox
+
+
+def test_mail_pending_for_an_unsubscribed_handler_when_the_loop_ends(hub: CheckedHub, run: Run) -> None:
+    async def main() -> None:
+        async def handler(message: Message) -> None:
+            pass
+
+        channel = Channel("t", handler, hub=hub)
+        assert await hub.ajoin(TIMEOUT)  # in the index
+        Channel("t", hub=hub).send()  # its turn is about to be started on this loop...
+        channel.unsubscribe()  # ...and the loop ends right after
+
+    run(main())
+    assert hub.join(TIMEOUT), "the subscription's mail was released, not left busy"
+    stats = hub.stats()
+    assert stats["delivered"] + stats["dropped_unsubscribed"] == 1

@@ -1090,8 +1090,15 @@ def test_inbox_close_while_the_broker_routes_to_it(make_hub: HubFactory, monkeyp
     def drop(self: Message) -> None:
         if threading.get_ident() == closing and not appended:
             appended.append(True)
-            Channel("t", hub=hub).send({"n": 3})
-            assert witness.wait_for(4)  # routed: in the inbox's mailbox too
+            # Sent from another thread (whether it routes the message itself
+            # or the broker does, the append happens without the inbox lock,
+            # which this thread holds); wait until it has landed.
+            sender = threading.Thread(target=Channel("t", hub=hub).send, args=({"n": 3},))
+            sender.start()
+            deadline = time.monotonic() + TIMEOUT
+            while not any(m.data["n"] == 3 for m in list(inbox.mailbox)):
+                assert time.monotonic() < deadline, "the message never reached the inbox"
+                time.sleep(0.001)
         real_drop(self)
 
     monkeypatch.setattr(Message, "_drop", drop)
@@ -1100,6 +1107,7 @@ def test_inbox_close_while_the_broker_routes_to_it(make_hub: HubFactory, monkeyp
     finally:
         monkeypatch.setattr(Message, "_drop", real_drop)
     assert hub.join(TIMEOUT)
+    assert witness.wait_for(4)
     assert inbox.dropped == 4
     stats = hub.stats()
     assert stats["dropped_unsubscribed"] == 4, stats

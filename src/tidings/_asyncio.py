@@ -93,6 +93,9 @@ class LoopRunner:
         self._ready: deque[Subscription] = deque()
         self._woken = False
         self._subs: set[Subscription] = set()
+        # Handed over by schedule() and not yet released: what _close() must
+        # release if the loop stops before their turns run (or finish).
+        self._scheduled: set[Subscription] = set()
         self._turns: set[asyncio.Task[None]] = set()  # running turns (also keeps them referenced)
         self._watcher: asyncio.Task[None] | None = None
         # unsubscribe() from another thread waits here for a call in progress.
@@ -164,8 +167,11 @@ class LoopRunner:
             if sub.active:
                 self._add("ended_loop_closed")
                 sub.channel._end(sub)
+        # Unsubscribed ones too: a turn that the stopping loop will never
+        # run (or finish) must not leave them busy, holding join() forever.
+        for sub in {*subs, *self._scheduled}:
             if sub.running_on is self:
-                sub.running_on = None  # a turn cut off by a closed loop will never end itself
+                sub.running_on = None
             self._release(sub, final=True)
         ready = self._ready
         while ready:
@@ -179,6 +185,11 @@ class LoopRunner:
         with self.hub._runners_lock:
             target = self.hub._retired if self._folded else self._counters
             target[key] = target.get(key, 0) + count
+
+    def fold_if_gone(self) -> None:
+        """Fold now if the loop has closed with turns that never ran (called by stats())."""
+        if self.closed and not self._folded and self.loop.is_closed():
+            self._fold()
 
     def _fold(self) -> None:
         """Once closed and quiet, move the counts to the hub and let go of the loop."""
@@ -201,6 +212,7 @@ class LoopRunner:
         if self.closed:
             self._release(sub, final=True)
             return
+        self._scheduled.add(sub)
         self._ready.append(sub)
         if not self._woken:
             # One wake-up per burst: _run takes every subscription queued
@@ -213,9 +225,14 @@ class LoopRunner:
     def _run(self) -> None:
         self._woken = False  # first: a subscription added from now on wakes again
         ready = self._ready
+        if self.closed:  # the loop is shutting down: no new turns
+            while ready:
+                self._release(ready.popleft(), final=True)
+            return
         create_task = self.loop.create_task
         turns = self._turns
         while ready:
+            self._running_turns += 1  # from now: _fold() waits for this turn's counts
             task = create_task(self._turn(ready.popleft()))
             # A loop closed by hand mid-turn is handled by _close(); asyncio
             # need not log this internal task as "destroyed but pending".
@@ -236,7 +253,6 @@ class LoopRunner:
         assert mailbox is not None  # scheduled only with mail
         popleft = mailbox.popleft
         calls = 0  # handler calls made and not yet counted in counters["delivered"]
-        self._running_turns += 1
         # Held for the whole turn, as a task worker holds its task: a thread
         # that unsubscribes waits until the turn ends, which is right after
         # the call in progress (no call starts once active is False).
@@ -287,6 +303,7 @@ class LoopRunner:
                     if not mailbox:
                         sub.scheduled = False
                         hub._busy.discard(sub)
+                        self._scheduled.discard(sub)
                         return
         except asyncio.CancelledError:
             # The loop is shutting down: this subscription ends with it.
@@ -344,6 +361,7 @@ class LoopRunner:
                     item.done()
             sub.scheduled = False
             hub._busy.discard(sub)
+            self._scheduled.discard(sub)
         if dropped:
             self._add("dropped_unsubscribed", dropped)
 

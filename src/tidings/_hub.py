@@ -122,6 +122,7 @@ class Hub:
 
             self._codec = Codec(self.settings.CHANNEL_MAX_MESSAGE_BYTES, self.settings.CHANNEL_BROKER_SECRET)
         self._subscription_count = 0  # changed under the channels' transition lock
+        self._inline = False  # send() may route by itself (set by start(): the default broker only)
         # The asyncio bridge: a LoopRunner per event loop with async
         # handlers, every runner ever made (for stats), and the open inboxes
         # of tidings.subscribe(); all guarded by _runners_lock.
@@ -153,6 +154,8 @@ class Hub:
         self._shutdown_drops = 0
         self._alive = True  # False tells worker threads to leave their loop
         self._normal = True  # running, not stopping: the workers' fast path
+        # Messages that send() routed itself (see _publish), and their drops.
+        self._inline_counters: dict[str, int] = {"dropped_unsubscribed": 0}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -180,6 +183,9 @@ class Hub:
                 if not issubclass(cls, Worker):
                     raise ConfigurationError(setting, cls, f"must be a subclass of tidings.Worker ({base.__name__})")
             workers = self._make_workers(broker_class, worker_class)
+            # With the default broker and no network, a send() that finds the
+            # queue empty and the broker idle routes its message itself.
+            self._inline = broker_class is MessageBroker and self._codec is None
             for worker in workers:
                 worker.on_start()
             self._alive = True
@@ -574,6 +580,20 @@ class Hub:
                 self._network.refuse()
             message._wire = self._codec.encode_message(message)
         queue = self._queue
+        if self._inline and not queue and self._normal:
+            # Nothing is queued before this message and no broker is
+            # routing: route it here, in its place in the order, and spare
+            # it the hand-off to the broker thread. Never waits: a busy
+            # broker lock means the queue. Not when this thread already
+            # holds the lock (a broker mid-batch would be overtaken).
+            lock = self._broker_lock
+            if not lock._is_owned() and lock.acquire(False):  # type: ignore[attr-defined]
+                try:
+                    if not queue:
+                        self._route([message], self._inline_counters)
+                        return message
+                finally:
+                    lock.release()
         queue.append(message)
         if self._broker_waiting:
             # Once: the broker cannot run while this thread holds the GIL,
@@ -650,8 +670,10 @@ class Hub:
         keys = ("delivered", "dropped_expired", "dropped_unsubscribed", "handler_errors")
         counts = dict.fromkeys((*keys, "dropped_shutdown", "dropped_overflow", "ended_loop_closed"), 0)
         counts["dropped_shutdown"] = self._shutdown_drops
+        for runner in list(self._all_runners):
+            runner.fold_if_gone()
         with self._runners_lock:
-            sources = [self._retired, *[r._counters for r in self._all_runners]]
+            sources = [self._retired, self._inline_counters, *[r._counters for r in self._all_runners]]
             sources += [inbox.counters for inbox in self._inboxes]
             buffered = sum(len(inbox.mailbox) for inbox in self._inboxes)
         sources += [w._counters for w in self._workers]
