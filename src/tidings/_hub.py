@@ -470,7 +470,7 @@ class Hub:
             for runner in list(self._runners.values()):
                 runner.check_closed()
         with self._ready_lock:
-            busy = [sub for sub in self._busy if sub.live]
+            busy = list(self._busy)  # ended ones too: their drops are part of what join() waits for
         token.add(len(busy))
         for sub in busy:
             mailbox = sub.mailbox
