@@ -135,13 +135,11 @@ class LoopRunner:
             # Cancelled: the loop is shutting down (asyncio.run, Runner.close).
             self._close()
 
-    def _call_soon(self, callback: Callable[[], Any]) -> bool:
+    def _call_soon(self, callback: Callable[[], Any]) -> None:
         try:
             self.loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the loop is closed
             self._close()
-            return False
-        return True
 
     def add(self, sub: Subscription) -> None:
         with self.hub._runners_lock:
@@ -172,10 +170,10 @@ class LoopRunner:
         for sub in {*subs, *self._scheduled}:
             if sub.running_on is self:
                 sub.running_on = None
-            self._release(sub, final=True)
+            self._release(sub)
         ready = self._ready
         while ready:
-            self._release(ready.popleft(), final=True)
+            self._release(ready.popleft())
         with self._done:
             self._done.notify_all()  # unsubscribe() calls waiting for a call that will not finish
         self._fold()
@@ -210,7 +208,7 @@ class LoopRunner:
     def schedule(self, sub: Subscription) -> None:
         """Hand ``sub`` (already marked scheduled and busy) to the loop."""
         if self.closed:
-            self._release(sub, final=True)
+            self._release(sub)
             return
         self._scheduled.add(sub)
         self._ready.append(sub)
@@ -227,7 +225,7 @@ class LoopRunner:
         ready = self._ready
         if self.closed:  # the loop is shutting down: no new turns
             while ready:
-                self._release(ready.popleft(), final=True)
+                self._release(ready.popleft())
             return
         create_task = self.loop.create_task
         turns = self._turns
@@ -310,7 +308,7 @@ class LoopRunner:
             if sub.active:
                 self._add("ended_loop_closed")
                 sub.channel._end(sub)
-            self._release(sub, final=True)
+            self._release(sub)
             raise
         finally:
             self._running_turns -= 1
@@ -347,7 +345,7 @@ class LoopRunner:
         except BaseException:  # the error handler must not end the turn either
             logger.exception("the error handler of channel %r raised", sub.topic)
 
-    def _release(self, sub: Subscription, *, final: bool) -> None:
+    def _release(self, sub: Subscription) -> None:
         """Drop what is left in an ended subscription's mailbox and unmark it."""
         hub = self.hub
         mailbox = sub.mailbox

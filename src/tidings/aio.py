@@ -129,10 +129,6 @@ class AsyncInbox(InboxCore):
                 self._no_message()
             return message
 
-    def _hub_stopped(self) -> None:
-        with self.lock:
-            self._wake()
-
     def __aiter__(self) -> Self:
         return self
 
