@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import tidings
 from tidings import Message
+from tidings._topics import topics_match
 from tidings.testing import CheckedHub
 
 # Upper bound for every wait in the suite. Waits end as soon as their event
@@ -232,3 +233,36 @@ class Watched:
                 time.sleep(self._rng.random() * self._longest)
         finally:
             self._in_flight.release()
+
+
+def never_arrived(
+    sent: Mapping[Any, Any],
+    got: Sequence[Hashable],
+    *,
+    topic: str,
+    after_subscribe: float,
+    after_unsubscribe: float | None,
+    joined_at: float | None,
+) -> list[Any]:
+    """The keys of ``sent`` that a subscription to ``topic`` must have received and did not.
+
+    ``sent`` maps keys to records with ``before``/``after`` (the global
+    counter read around the send) and ``topic``. Owed: every matching
+    message sent entirely after subscribe() returned and, once unsubscribed,
+    entirely before the latest message that arrived or a join() made ahead
+    of unsubscribe().
+    """
+    if after_unsubscribe is None:
+        horizon = float("inf")
+    else:
+        latest = max((sent[key].before for key in got), default=-1)
+        horizon = max(latest, -1 if joined_at is None else joined_at)
+    arrived = set(got)
+    return [
+        key
+        for key, message in sent.items()
+        if key not in arrived
+        and message.before > after_subscribe
+        and message.after < horizon
+        and topics_match(message.topic, topic)
+    ]

@@ -46,7 +46,16 @@ from hypothesis import strategies as st
 import tidings
 import tidings._asyncio
 import tidings.aio
-from support import TIMEOUT, WORKER_TIMEOUT, HubFactory, Recorder, assert_common_order, call_in_thread, examples
+from support import (
+    TIMEOUT,
+    WORKER_TIMEOUT,
+    HubFactory,
+    Recorder,
+    assert_common_order,
+    call_in_thread,
+    examples,
+    never_arrived,
+)
 from tidings import (
     SUBSCRIBE_TOPIC,
     UNSUBSCRIBE_TOPIC,
@@ -542,19 +551,14 @@ def run_mixed_churn(hub: Hub, seed: int, loops: list[LoopThread], threads: int, 
             assert numbers == sorted(numbers), f"{where}: sender {s}'s messages out of order"
         if rec.after_unsubscribe is None:
             assert rec.saw_end, f"{where}: the end marker never arrived"
-            horizon = float("inf")
-        else:
-            latest = max((sent[key].before for key in got), default=-1)
-            horizon = max(latest, -1 if rec.joined_at is None else rec.joined_at)
-        arrived = set(got)
-        missing = [
-            key
-            for key, message in sent.items()
-            if key not in arrived
-            and message.before > rec.after_subscribe
-            and message.after < horizon
-            and topics_match(message.topic, rec.topic)
-        ]
+        missing = never_arrived(
+            sent,
+            got,
+            topic=rec.topic,
+            after_subscribe=rec.after_subscribe,
+            after_unsubscribe=rec.after_unsubscribe,
+            joined_at=rec.joined_at,
+        )
         assert not missing, f"{where}: {len(missing)} messages never arrived, e.g. {missing[:5]}"
     chains = [
         [message.id for (sender, _), message in sorted(sent.items()) if sender == s]

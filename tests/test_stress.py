@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support import TIMEOUT, WORKER_TIMEOUT, HubFactory, Recorder, Watched, assert_common_order, examples
+from support import TIMEOUT, WORKER_TIMEOUT, HubFactory, Recorder, Watched, assert_common_order, examples, never_arrived
 from tidings import SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, Channel, Hub, Settings
 from tidings._topics import topics_match
 
@@ -127,22 +127,14 @@ def run_churn(hub: Hub, seed: int, threads: int, operations: int, stable: int) -
         for s in range(threads):
             numbers = [n for sender, n in got if sender == s]
             assert numbers == sorted(numbers), f"{context}: thread {s}'s messages out of order"
-        # What must have arrived: eligible messages sent entirely before the
-        # latest one that arrived, or before a join() ahead of unsubscribe().
-        if sub.after_unsubscribe is None:
-            horizon = float("inf")
-        else:
-            latest = max((sent[key].before for key in got), default=-1)
-            horizon = max(latest, -1 if sub.joined_at is None else sub.joined_at)
-        arrived = set(got)
-        missing = [
-            key
-            for key, message in sent.items()
-            if key not in arrived
-            and message.before > sub.after_subscribe
-            and message.after < horizon
-            and topics_match(message.topic, sub.topic)
-        ]
+        missing = never_arrived(
+            sent,
+            got,
+            topic=sub.topic,
+            after_subscribe=sub.after_subscribe,
+            after_unsubscribe=sub.after_unsubscribe,
+            joined_at=sub.joined_at,
+        )
         assert not missing, f"{context}: {len(missing)} messages never arrived, e.g. {missing[:5]}"
     chains = [[message.id for (sender, _), message in sorted(sent.items()) if sender == s] for s in range(threads)]
     assert_common_order({f"{i} {sub.label} {sub.topic}": sub.handler.ids for i, sub in enumerate(subs)}, chains)
